@@ -83,6 +83,11 @@ class Edge(_Model):
     target: str = Field(description="Id of the node the edge enters.")
     when: str | None = Field(None, description="Natural-language condition under which this edge is taken.")
     weight: float | None = Field(None, ge=0, description="Relative sampling weight among sibling edges.")
+    examples: list[str] = Field(
+        default_factory=list,
+        description="Decision-hub branches: example user utterances (templates) that make `when` true; the "
+        "offline generator uses them for the user turn just before the hub so dialogue and branch agree.",
+    )
 
 
 class ChoiceVariable(_Model):
