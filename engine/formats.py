@@ -48,17 +48,35 @@ def parse_flow(data: bytes | str, source: str = "<input>", fmt: str | None = Non
     if not isinstance(doc, dict):
         raise FlowFileError(source, f"expected a mapping at the top level, found {_kind(doc)}")
     if fmt == "agent2model" or (fmt is None and isinstance(doc.get("nodes"), dict)):
-        doc = agent2model_to_native(doc, source)
+        return flow_from_dict(agent2model_to_native(doc, source), source, agent2model=True)
     return flow_from_dict(doc, source)
 
 
-def flow_from_dict(doc: dict[str, Any], source: str = "<input>") -> Flow:
+def flow_from_dict(doc: dict[str, Any], source: str = "<input>", agent2model: bool = False) -> Flow:
+    """Validate a native flow dict. `agent2model`: name fields as the agent2model file has them."""
     try:
         return Flow.model_validate(doc)
     except ValidationError as e:
         err = e.errors()[0]
         more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
-        raise FlowFileError(source, _describe_pydantic(err, doc) + more, field=_loc(err["loc"])) from None
+        loc = _agent2model_loc(err["loc"], doc) if agent2model else _loc(err["loc"])
+        raise FlowFileError(source, _describe_pydantic(err, doc) + more, field=loc) from None
+
+
+def _agent2model_loc(loc: tuple[Any, ...], doc: dict[str, Any]) -> str:
+    """Native `nodes[3].prompt` / `edges[2].when` back to the agent2model file's `nodes.greet.prompt` /
+    `nodes.greet.next`, so the message points at a line the user wrote."""
+    if len(loc) >= 2 and loc[0] in ("nodes", "edges") and isinstance(loc[1], int):
+        try:
+            item = doc[loc[0]][loc[1]]
+            if loc[0] == "nodes":
+                return _loc(("nodes", str(item["id"])) + tuple(loc[2:]))
+            return _loc(("nodes", str(item["source"]), "next"))
+        except (IndexError, KeyError, TypeError):
+            pass
+    if loc and loc[0] == "variables":
+        return _loc(("scenario_variables",) + tuple(loc[1:]))
+    return _loc(loc)
 
 
 def dump_flow(flow: Flow, fmt: str = "json") -> str:
@@ -66,9 +84,9 @@ def dump_flow(flow: Flow, fmt: str = "json") -> str:
     if fmt == "json":
         return json.dumps(flow.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
     if fmt == "yaml":
-        return yaml.safe_dump(flow.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+        return _yaml_dump(flow.model_dump(mode="json"))
     if fmt == "agent2model":
-        return yaml.safe_dump(native_to_agent2model(flow), sort_keys=False, allow_unicode=True, width=100)
+        return _yaml_dump(native_to_agent2model(flow))
     if fmt == "mermaid":
         return to_mermaid(flow)
     raise ValueError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
@@ -112,20 +130,28 @@ def agent2model_to_native(doc: dict[str, Any], source: str = "<input>") -> dict[
         nodes.append({"id": str(nid), "role": role, "prompt": spec.get("prompt", "") or "",
                       "label": spec.get("label", "") or "", "examples": spec.get("examples", []) or []})
         for i, nxt in enumerate(_as_list(spec.get("next"))):
-            if isinstance(nxt, str):
-                edges.append({"source": str(nid), "target": nxt})
+            if isinstance(nxt, str | int) and not isinstance(nxt, bool):
+                edges.append({"source": str(nid), "target": str(nxt)})
             elif isinstance(nxt, dict) and "to" in nxt:
                 bad = set(nxt) - {"to", "when", "weight"}
                 if bad:
                     raise FlowFileError(source, "a branch takes to, when and weight", field=f"{where}.next[{i}].{sorted(bad)[0]}")
-                edge = {"source": str(nid), "target": str(nxt["to"]), "when": nxt.get("when")}
+                when = nxt.get("when")
+                if when is not None and not isinstance(when, str):
+                    raise FlowFileError(source, f"a condition must be text, found {when!r}; put it in quotes "
+                                        "(YAML reads yes/no/on/off as true/false)", field=f"{where}.next[{i}].when")
+                edge = {"source": str(nid), "target": str(nxt["to"]), "when": when}
                 if nxt.get("weight") is not None:
                     edge["weight"] = nxt["weight"]
                 edges.append(edge)
             else:
                 raise FlowFileError(source, "each entry of next is a node id or {to, when}", field=f"{where}.next[{i}]")
     variables: dict[str, Any] = {}
-    for name, spec in (doc.get("scenario_variables") or {}).items():
+    scenario = doc.get("scenario_variables") or {}
+    if not isinstance(scenario, dict):
+        raise FlowFileError(source, f"expected a map of variable name to values, found {_kind(scenario)}",
+                            field="scenario_variables")
+    for name, spec in scenario.items():
         where = f"scenario_variables.{name}"
         if isinstance(spec, list):
             variables[str(name)] = {"kind": "choice", "values": spec}
@@ -153,14 +179,20 @@ def native_to_agent2model(flow: Flow) -> dict[str, Any]:
             entry: dict[str, Any] = {"terminal": _A2M_TERMINALS_BACK.get(n.outcome or "success", n.outcome)}
             if n.prompt:
                 entry["prompt"] = n.prompt
+            if n.label:
+                entry["label"] = n.label
             nodes[n.id] = entry
             continue
         entry = {"role": n.role, "prompt": n.prompt}
+        if n.label:
+            entry["label"] = n.label
+        if n.examples:
+            entry["examples"] = list(n.examples)
         outs = flow.out_edges(n.id)
-        if len(outs) == 1 and not outs[0].when:
+        if len(outs) == 1 and not outs[0].when and outs[0].weight is None:
             entry["next"] = outs[0].target
         elif outs:
-            entry["next"] = [{"to": e.target, "when": e.when} if e.when else e.target for e in outs]
+            entry["next"] = [_a2m_branch(e.target, e.when, e.weight) for e in outs]
         nodes[n.id] = entry
     variables: dict[str, Any] = {}
     for name, v in flow.variables.items():
@@ -176,6 +208,17 @@ def native_to_agent2model(flow: Flow) -> dict[str, Any]:
     out["nodes"] = nodes
     if variables:
         out["scenario_variables"] = variables
+    return out
+
+
+def _a2m_branch(target: str, when: str | None, weight: float | None) -> str | dict[str, Any]:
+    if not when and weight is None:
+        return target
+    out: dict[str, Any] = {"to": target}
+    if when:
+        out["when"] = when
+    if weight is not None:
+        out["weight"] = weight
     return out
 
 
@@ -213,6 +256,23 @@ def to_mermaid(flow: Flow) -> str:
 # helpers
 
 
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that double-quotes strings holding characters YAML would otherwise read back
+    differently (NEL and the Unicode line/paragraph separators are line breaks to a YAML reader)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _yaml_dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """Safe loader that refuses anchors/aliases: flows never need them and they enable alias bombs."""
 
@@ -248,6 +308,8 @@ def _parse_document(text: str, source: str, prefer_json: bool) -> Any:
     if prefer_json or text.lstrip().startswith("{"):
         try:
             return json.loads(text)
+        except RecursionError:
+            raise FlowFileError(source, "the document is nested too deeply to be a flow") from None
         except json.JSONDecodeError as e:
             if prefer_json:
                 raise FlowFileError(source, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
@@ -285,7 +347,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _describe_pydantic(err: dict[str, Any], doc: dict[str, Any]) -> str:
+def _describe_pydantic(err: Any, doc: dict[str, Any]) -> str:
     typ, msg = err.get("type", ""), err.get("msg", "invalid value")
     if typ == "extra_forbidden":
         return "unknown field; remove it or check its spelling"
@@ -293,8 +355,12 @@ def _describe_pydantic(err: dict[str, Any], doc: dict[str, Any]) -> str:
         return "required field is missing"
     if typ == "literal_error" and err["loc"][-1] == "role":
         return f"role must be agent, user, decision or terminal, found {err.get('input')!r}"
+    if typ == "string_type" and isinstance(err.get("input"), bool):
+        return (f"expected text, found {str(err['input']).lower()}; put the value in quotes "
+                "(YAML reads yes/no/on/off as true/false)")
     if typ == "union_tag_invalid":
         return "variable kind must be choice, range or text"
+    msg = msg.removeprefix("Value error, ")
     return f"{msg} (found {err.get('input')!r})" if "input" in err and not isinstance(err["input"], dict | list) else msg
 
 

@@ -96,8 +96,10 @@ class Store:
         v = version or row["head_version"]
         vr = list(self.db.query("select data from flow_versions where flow_id = ? and version = ?", [row["id"], v]))
         if not vr:
-            raise FlowNotFoundError(f"flow '{name}' has no version {v}; `subterra` lists versions with the studio's history")
-        return Flow.model_validate_json(vr[0]["data"])
+            raise FlowNotFoundError(f"flow '{name}' has no version {v}; `subterra flows history {name}` lists its versions")
+        flow = Flow.model_validate_json(vr[0]["data"])
+        # versions saved before a rename carry the old name; the flow is known by its current one
+        return flow if flow.name == row["name"] else flow.model_copy(update={"name": row["name"]})
 
     def flow_version(self, name: str) -> int:
         return int(self._flow_row(name)["head_version"])
@@ -120,13 +122,13 @@ class Store:
                 if cur and cur[0]["hash"] == digest:
                     return int(head)
                 version = head + 1
-                db["flows"].update(fid, {"head_version": version, "updated": t})
+                db.table("flows").update(fid, {"head_version": version, "updated": t})
             else:
                 if expected_version not in (None, 0):
                     raise VersionConflictError(flow.name, expected_version, 0)
-                fid = db["flows"].insert({"name": flow.name, "head_version": 1, "created": t, "updated": t}).last_pk
+                fid = db.table("flows").insert({"name": flow.name, "head_version": 1, "created": t, "updated": t}).last_pk
                 version = 1
-            db["flow_versions"].insert(
+            db.table("flow_versions").insert(
                 {"flow_id": fid, "version": version, "created": t, "message": message, "hash": digest, "data": data}
             )
         return version
@@ -155,7 +157,7 @@ class Store:
         flow = self.get_flow(old)
         row = self._flow_row(old)
         with self.transaction() as db:
-            db["flows"].update(row["id"], {"name": new})
+            db.table("flows").update(row["id"], {"name": new})
         renamed = flow.model_copy(update={"name": new})
         return self.save_flow(renamed, message=f"renamed from {old}")
 
@@ -189,25 +191,26 @@ class Store:
         return rows[0]["value"] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
     # -- jobs (progress for the UI) ------------------------------------------------------------
     def create_job(self, kind: str, config: dict[str, Any] | None = None, name: str = "") -> int:
         t = now()
-        return int(self.db["jobs"].insert({
+        row = self.db.table("jobs").insert({
             "kind": kind, "name": name, "status": "running", "progress": 0.0, "message": "",
             "config": json.dumps(config or {}), "result": None, "pid": os.getpid(), "created": t, "updated": t,
-        }).last_pk)
+        })
+        return int(row.last_pk)  # type: ignore[arg-type]  # an integer rowid after an insert
 
     def update_job(self, job_id: int, **fields: Any) -> None:
         for k in ("config", "result", "events"):
             if k in fields and not isinstance(fields[k], str | None):
                 fields[k] = json.dumps(fields[k])
         fields["updated"] = now()
-        self.db["jobs"].update(job_id, fields)
+        self.db.table("jobs").update(job_id, fields)
 
     def get_job(self, job_id: int) -> dict[str, Any]:
-        return dict(self.db["jobs"].get(job_id))
+        return dict(self.db.table("jobs").get(job_id))
 
     def list_jobs(self, kind: str | None = None) -> list[dict[str, Any]]:
         where, args = ("where kind = ?", [kind]) if kind else ("", [])
@@ -248,41 +251,41 @@ def migrate(db: sqlite_utils.Database) -> None:
 
 @migration
 def initial(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["flows"].create({"id": int, "name": str, "head_version": int, "created": float, "updated": float}, pk="id")
-    db["flows"].create_index(["name"], unique=True)
-    db["flow_versions"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("flows").create({"id": int, "name": str, "head_version": int, "created": float, "updated": float}, pk="id")
+    db.table("flows").create_index(["name"], unique=True)
+    db.table("flow_versions").create(
         {"id": int, "flow_id": int, "version": int, "created": float, "message": str, "hash": str, "data": str},
         pk="id", foreign_keys=[("flow_id", "flows", "id")],
     )
-    db["flow_versions"].create_index(["flow_id", "version"], unique=True)
-    db["datasets"].create(
+    db.table("flow_versions").create_index(["flow_id", "version"], unique=True)
+    db.table("datasets").create(
         {"id": int, "name": str, "flow": str, "flow_version": int, "created": float, "updated": float,
          "target": int, "config": str, "provenance": str},
         pk="id",
     )
-    db["datasets"].create_index(["name"], unique=True)
+    db.table("datasets").create_index(["name"], unique=True)
     # one row per finished conversation; (dataset_id, slot) is unique so resumed runs never duplicate
-    db["conversations"].create(
+    db.table("conversations").create(
         {"id": int, "dataset_id": int, "slot": int, "split": str, "messages": str, "meta": str, "created": float},
         pk="id", foreign_keys=[("dataset_id", "datasets", "id")],
     )
-    db["conversations"].create_index(["dataset_id", "slot"], unique=True)
-    db["generation_failures"].create(
+    db.table("conversations").create_index(["dataset_id", "slot"], unique=True)
+    db.table("generation_failures").create(
         {"id": int, "dataset_id": int, "slot": int, "attempt": int, "reason": str, "created": float}, pk="id"
     )
-    db["jobs"].create(
+    db.table("jobs").create(
         {"id": int, "kind": str, "name": str, "status": str, "progress": float, "message": str, "config": str,
          "result": str, "events": str, "pid": int, "created": float, "updated": float},
         pk="id",
     )
-    db["models"].create(
+    db.table("models").create(
         {"id": int, "name": str, "path": str, "base": str, "flow": str, "flow_version": int, "dataset": str,
          "created": float, "meta": str},
         pk="id",
     )
-    db["models"].create_index(["name"], unique=True)
-    db["evaluations"].create(
+    db.table("models").create_index(["name"], unique=True)
+    db.table("evaluations").create(
         {"id": int, "name": str, "flow": str, "flow_version": int, "created": float, "config": str, "report": str,
          "path": str},
         pk="id",
@@ -299,3 +302,15 @@ def load_flow(ref: str, store: Store | None = None) -> Flow:
     name, _, ver = ref.partition("@")
     st = store or Store()
     return st.get_flow(name, int(ver) if ver.isdigit() else None)
+
+
+@migration
+def dataset_runs(db: sqlite_utils.Database) -> None:
+    # Which slots of a dataset each generation seed owns: several seeds concatenate into one
+    # dataset, and re-running a seed resumes its own slots. A seed asked for more conversations
+    # later gets another segment at the end, so slot numbers never collide.
+    db.table("dataset_runs").create(
+        {"id": int, "dataset_id": int, "seed": int, "slot_base": int, "n": int, "created": float},
+        pk="id", foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db.table("dataset_runs").create_index(["dataset_id", "seed"])

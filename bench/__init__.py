@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (= `python -m bench [NAME ...]`). Each `bench_<area>.py` exposes `run()`."""
