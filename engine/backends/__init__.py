@@ -15,7 +15,7 @@ from engine.backends.base import (  # noqa: F401
 )
 
 # Built-in backends register themselves on import (added by their modules as they land).
-for _mod in ("scripted", "anthropic_backend", "openai_backend", "local"):
+for _mod in ("scripted", "anthropic", "openai", "local"):
     try:
         __import__(f"engine.backends.{_mod}")
     except ModuleNotFoundError as _e:  # a module not written yet, not a missing dependency

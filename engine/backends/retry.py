@@ -1,0 +1,95 @@
+"""Our own retry loop around an LLM call, on top of whatever the SDK already retries.
+
+Providers shed load with 429 / 529 and a `retry-after` header; a long generation run must ride
+those out instead of failing slots. Each backend classifies its own exceptions into
+`Retryable` (with the server's suggested wait, if any) or not; this module only waits and
+tries again with exponential backoff and jitter, honouring `retry-after` when it is longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import BackendResponseError, BackendUnavailableError
+
+T = TypeVar("T")
+
+
+class RetryPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = Field(5, ge=1, description="Tries in all, the first included.")
+    base_delay: float = Field(0.5, ge=0, description="Seconds before the first retry; doubles each time.")
+    max_delay: float = Field(30.0, ge=0, description="Cap on one wait (a longer retry-after is capped too).")
+    jitter: float = Field(0.25, ge=0, le=1, description="Random +/- fraction added to each wait.")
+
+
+@dataclass
+class Retryable:
+    """A failure worth another try; `retry_after` is the server's hint in seconds."""
+
+    reason: str
+    retry_after: float | None = None
+    unreachable: bool = False  # the server could not be reached at all (vs. answered badly)
+
+
+Classifier = Callable[[BaseException], Retryable | None]
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    classify: Classifier,
+    policy: RetryPolicy,
+    on_retry: Callable[[int, Retryable, float], None] | None = None,
+    translate: Callable[[BaseException], BaseException | None] | None = None,
+) -> T:
+    """Run `call` until it succeeds, a failure is not retryable, or the attempts run out.
+
+    The last retryable failure is raised as a BackendError naming its reason; a
+    non-retryable one goes through `translate` (SDK error -> SubterraError with a message that
+    says what to do) and is raised as it is when that returns None.
+    """
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - classified below
+            r = classify(e)
+            if r is None:
+                mapped = translate(e) if translate else None
+                if mapped is not None:
+                    raise mapped from e
+                raise
+            if attempt == policy.attempts:
+                cls = BackendUnavailableError if r.unreachable else BackendResponseError
+                raise cls(f"{r.reason} (gave up after {policy.attempts} tries)") from e
+            wait = backoff(attempt, policy, r.retry_after)
+            if on_retry:
+                on_retry(attempt, r, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def backoff(attempt: int, policy: RetryPolicy, retry_after: float | None = None) -> float:
+    """Seconds to wait after failed try number `attempt` (1-based)."""
+    wait = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+    wait *= 1 + random.uniform(-policy.jitter, policy.jitter)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, policy.max_delay))
+    return max(0.0, wait)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `retry-after` (or `retry-after-ms`) header value; HTTP dates are ignored."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,169 @@
+"""`subterra generate`: synthesize a training dataset from a flow (resumable), and `datasets`.
+
+    subterra generate FLOW -n N [--backend scripted|local|anthropic|openai] [--model M]
+        [--base-url URL] [--seed S ...] [--concurrency C] [--max-cost USD] [--dataset NAME]
+        [--out FILE.jsonl]
+
+Re-running the same command resumes to N conversations per seed. Exit codes: 0 the dataset is
+complete, 1 it is not (failed slots, cost cap, invalid flow, unreachable backend), 2 bad FLOW.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from engine.datasets import dataset_info, delete_dataset, export_jsonl, list_datasets
+from engine.generate import Estimate, GenerateConfig, Progress, generate_dataset
+from engine.store import Store, load_flow
+
+BACKENDS = ("scripted", "local", "anthropic", "openai")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(generate_cmd)
+    cli.add_command(datasets_group)
+
+
+@click.command("generate")
+@click.argument("flow_ref", metavar="FLOW")
+@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Conversations to generate (per seed).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="scripted", show_default=True,
+              help="What writes the turns: example utterances (scripted), a local model, or an API.")
+@click.option("--model", default=None, help="Model for the backend (anthropic: required, or SUBTERRA_ANTHROPIC_MODEL).")
+@click.option("--base-url", default=None, help="Endpoint of the anthropic / OpenAI-compatible API.")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Random seed; repeat for several runs of N in one dataset.  [default: 0]")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Conversations at once.")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Refuse to start or stop beyond this spend (USD).")
+@click.option("--dataset", default=None, help="Dataset name (default: the flow's name).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the whole dataset as JSONL when the run completes.")
+@click.option("--uniform", is_flag=True, help="Uniform random paths instead of coverage-guided ones.")
+@click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share held out for evaluation, stratified by path.")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None, help="Requests per minute cap.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=None, help="Tokens per minute cap.")
+@click.option("--fallback", type=click.Choice(("local", "anthropic", "openai")), default=None,
+              help="scripted only: the backend that writes turns of nodes without example utterances.")
+@click.option("--max-visits", type=click.IntRange(min=1), default=1, show_default=True, help="Loop passes per node on a path.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=300, show_default=True, help="Longest generated message.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def generate_cmd(flow_ref: str, n: int, backend: str, model: str | None, base_url: str | None, seeds: tuple[int, ...],
+                 concurrency: int, max_cost: float | None, dataset: str | None, out: Path | None, uniform: bool,
+                 eval_fraction: float, rpm: float | None, tpm: float | None, fallback: str | None,
+                 max_visits: int, max_tokens: int, quiet: bool) -> int:
+    """Generate N synthetic conversations along paths through FLOW into a dataset (resumable)."""
+    store = Store()
+    flow = load_flow(flow_ref, store)
+    config = GenerateConfig(
+        n=n, seeds=list(seeds) or [0], backend=backend, model=model, base_url=base_url, fallback=fallback,
+        dataset=dataset, paths="uniform" if uniform else "coverage", max_visits=max_visits, eval_fraction=eval_fraction,
+        concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm, max_cost=max_cost,
+        max_tokens=max_tokens,
+    )
+    bar = _Bar(enabled=not quiet)
+    report = generate_dataset(flow, config, store, on_progress=bar.update, on_estimate=_print_estimate)
+    bar.close()
+    cost = f"${report.cost_usd:.4f}" + ("" if report.cost_known else " (no price known for this model)")
+    click.echo(f"dataset '{report.dataset}': {report.done}/{report.total} conversations ({report.new} new, "
+               f"{report.failed_attempts} failed attempts) in {report.elapsed_s:.1f}s, {cost}", err=True)
+    if out is not None:
+        count = export_jsonl(store, report.dataset, out)
+        click.echo(f"wrote {count} conversations to {out}", err=True)
+    if report.stopped:
+        click.echo(f"error: {report.stopped}; re-run with a higher --max-cost to finish", err=True)
+        return 1
+    if not report.complete:
+        click.echo(f"error: {len(report.empty_slots)} conversation(s) failed every attempt (see the failures with "
+                   f"`subterra datasets show {report.dataset}`); re-run the same command to retry them", err=True)
+        return 1
+    return 0
+
+
+def _print_estimate(est: Estimate) -> None:
+    if not est.conversations:
+        click.echo("nothing to do: the dataset already holds every conversation", err=True)
+        return
+    price = f"~${est.usd:.2f}" if est.price_known else "unknown price (no entry for this model; see prices.json)"
+    click.echo(f"estimate: {est.conversations} conversations, {est.llm_calls} LLM calls, "
+               f"~{est.usage.input_tokens + est.usage.cache_read_tokens + est.usage.cache_write_tokens} input tokens, "
+               f"{price}", err=True)
+
+
+class _Bar:
+    """One live line on stderr: done/total, failed, rate, ETA, spend (a line every 5 s when not a tty)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+        self.last_done = -1
+
+    def update(self, p: Progress) -> None:
+        t = time.monotonic()
+        due = t - self.last >= (0.1 if self.tty else 5.0) or (p.done == p.total and p.done != self.last_done)
+        if not self.enabled or not due:
+            return
+        self.last, self.last_done = t, p.done
+        width = 24
+        filled = int(width * p.done / max(1, p.total))
+        eta = f"{p.eta_s:4.0f}s" if p.eta_s is not None else "   ?"
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} failed {p.failed} "
+                f"{p.rate:6.1f}/s ETA {eta} ${p.spent_usd:.4f}")
+        click.echo(("\r" + line) if self.tty else line, err=True, nl=not self.tty)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.shown:
+            click.echo("", err=True)
+
+
+@click.group("datasets")
+def datasets_group() -> None:
+    """List, show, export and delete generated datasets."""
+
+
+@datasets_group.command("list")
+def datasets_list() -> None:
+    """Every dataset with its flow, version and split sizes."""
+    rows = list_datasets(Store())
+    if not rows:
+        click.echo("no datasets yet; create one with `subterra generate FLOW -n N`")
+    for d in rows:
+        click.echo(f"{d['name']:24} {d['flow']}@{d['flow_version']:<4} {d['conversations']:6} conversations "
+                   f"(train {d['train']}, eval {d['eval']}; target {d['target']})")
+
+
+@datasets_group.command("show")
+@click.argument("name")
+def datasets_show(name: str) -> None:
+    """A dataset's counts and its most recent generation failures."""
+    store = Store()
+    d = dataset_info(store, name)
+    for k in ("name", "flow", "flow_version", "target", "conversations", "train", "eval", "failed_attempts"):
+        click.echo(f"{k:16} {d[k]}")
+    for r in store.db.query("select slot, attempt, reason from generation_failures where dataset_id = ? "
+                            "order by id desc limit 10", [d["id"]]):
+        click.echo(f"  failed slot {r['slot']} attempt {r['attempt']}: {r['reason']}")
+
+
+@datasets_group.command("export")
+@click.argument("name")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(("train", "eval")), default=None, help="Only this split.")
+def datasets_export(name: str, out: Path, split: str | None) -> None:
+    """Write dataset NAME to OUT as JSONL (one conversation per line)."""
+    count = export_jsonl(Store(), name, out, split)
+    click.echo(f"wrote {count} conversations to {out}")
+
+
+@datasets_group.command("delete")
+@click.argument("name")
+def datasets_delete(name: str) -> None:
+    """Delete dataset NAME and its conversations."""
+    count = delete_dataset(Store(), name)
+    click.echo(f"deleted dataset '{name}' ({count} conversations)")
