@@ -44,7 +44,7 @@ vllm-env: .venv-vllm/.stamp
 run: setup
 	$(BIN)/subterra studio --host $(HOST) --port $(PORT)
 
-test: setup system-deps
+test: setup system-deps vllm-env
 	$(BIN)/python -m pytest -q -rs
 
 test-fast: setup
