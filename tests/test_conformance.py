@@ -1,0 +1,146 @@
+"""Objective metrics on hand-made conversations that follow, skip and break the flow (real MiniLM)."""
+
+from __future__ import annotations
+
+import pytest
+from eval_helpers import mini_flow, say
+
+from engine.conformance import NodeMapper, agent_successors, conversation_metrics, edit_distance_to_flow
+
+SCENARIO = {"destination": "Lisbon", "month": "May", "budget": 2500, "challenge": "none"}
+
+
+@pytest.fixture(scope="module")
+def flow():
+    return mini_flow()
+
+
+@pytest.fixture(scope="module")
+def mapper(flow):
+    return NodeMapper(flow)
+
+
+def a(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def u(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def test_a_conversation_that_follows_the_flow(flow, mapper):
+    msgs = [
+        a(say(flow, "greet", SCENARIO)),
+        u("I'd like to go to Lisbon in May, with a budget of about 2,500 dollars."),
+        a(say(flow, "present", SCENARIO)),
+        u("The hotel sounds perfect, let's book it."),
+        a(say(flow, "confirm", SCENARIO)),
+    ]
+    m = conversation_metrics(flow, msgs, SCENARIO, "success", mapper)
+    assert [x.node for x in m.mapping] == ["greet", "present", "confirm"]
+    assert m.valid_edge_share == 1.0 and m.unmatched_share == 0.0
+    assert m.terminal == "done" and m.outcome == "success" and m.outcome_match and m.success
+    assert m.edit_distance == 0
+    assert m.facts_given == ["budget", "destination", "month"]
+    assert m.facts_dropped == [] and m.facts_wrong == []
+    assert m.questions_per_turn == pytest.approx(2 / 3) and m.one_question_share == pytest.approx(2 / 3)
+    assert m.repeated_questions == 0
+
+
+def test_paraphrases_map_to_their_nodes(flow, mapper):
+    said = [
+        "Good morning, you've reached Wanderly travel. What destination are you dreaming of?",
+        "For Lisbon in May I have a few packages under 2500 dollars: a central hotel or a flat. Which would you like?",
+        "There's a less expensive guesthouse in Lisbon I could book instead. Interested?",
+        "Done! Your Lisbon trip is booked and the confirmation email is on its way.",
+        "No worries, thank you for thinking of Wanderly. Goodbye!",
+    ]
+    got = [x.node for x in mapper.map(said, SCENARIO)]
+    assert got == ["greet", "present", "cheaper", "confirm", "farewell"]
+
+
+def test_a_conversation_that_skips_a_node(flow, mapper):
+    msgs = [
+        a(say(flow, "greet", SCENARIO)),
+        u("Lisbon in May, 2500 dollars."),
+        a(say(flow, "confirm", SCENARIO)),  # booked without presenting any option
+    ]
+    m = conversation_metrics(flow, msgs, SCENARIO, "success", mapper)
+    assert [x.node for x in m.mapping] == ["greet", "confirm"]
+    assert m.valid_edge_share == 0.5  # greet is a valid start; confirm does not follow greet
+    assert m.edit_distance == 1  # one insertion (present) makes it a valid walk
+    assert m.terminal_reached and m.outcome_match  # it did end at the expected terminal
+
+
+def test_a_conversation_that_breaks_the_flow(flow, mapper):
+    msgs = [
+        a(say(flow, "greet", SCENARIO)),
+        u("I'd like to go to Lisbon in May, with a budget of about 2500 dollars."),
+        a("The stock market closed higher today. Do you enjoy cooking pasta at home?"),
+        u("What? I asked about a trip."),
+        a("Hello again! Where would you like to go?"),  # the first question, asked again
+        u("Lisbon!"),
+        a("I found three packages for Kyoto in May within 2500 dollars. Which one appeals to you?"),
+    ]
+    m = conversation_metrics(flow, msgs, SCENARIO, "success", mapper)
+    nodes = [x.node for x in m.mapping]
+    assert nodes[0] == "greet" and nodes[1] is None and nodes[2] == "greet" and nodes[3] == "present"
+    assert m.unmatched_share == 0.25
+    assert m.valid_edge_share == pytest.approx(2 / 3)  # greet → greet is not an edge
+    assert not m.terminal_reached and not m.success and m.outcome_match is None
+    assert m.edit_distance == 3  # drop the off-topic line, drop the second greeting, insert an ending
+    assert m.repeated_questions == 1
+    assert m.facts_wrong == ["destination"]  # Kyoto, which the user never said
+    assert "destination" in m.facts_dropped
+
+
+def test_the_wrong_terminal_is_caught(flow, mapper):
+    msgs = [
+        a(say(flow, "greet", SCENARIO)), u("Lisbon in May, 2500 dollars."),
+        a(say(flow, "present", SCENARIO)), u("Great, I'll take the apartment please."),
+        a(say(flow, "farewell", SCENARIO)),
+    ]
+    m = conversation_metrics(flow, msgs, SCENARIO, "success", mapper)
+    assert m.terminal == "left" and m.outcome == "abandoned"
+    assert m.outcome_match is False and not m.success and m.valid_edge_share == 1.0
+
+
+def test_edit_distance_to_flow(flow):
+    assert edit_distance_to_flow(flow, ["greet", "present", "confirm"]) == 0
+    assert edit_distance_to_flow(flow, ["greet", "present", "cheaper", "farewell"]) == 0
+    assert edit_distance_to_flow(flow, []) == 3  # the shortest walk has three agent turns
+    assert edit_distance_to_flow(flow, ["greet", "confirm"]) == 1
+    assert edit_distance_to_flow(flow, [None, "greet", "present", "confirm"]) == 1
+    assert edit_distance_to_flow(flow, ["confirm", "present", "greet"]) == 2
+    assert edit_distance_to_flow(flow, ["greet", "present", "present", "present", "confirm"]) == 2
+
+
+def test_agent_successors(flow):
+    assert agent_successors(flow, "present") == ({"confirm", "farewell", "cheaper"}, set())
+    assert agent_successors(flow, "confirm") == (set(), {"done"})
+
+
+def test_threshold_leaves_unrelated_messages_unmatched(flow):
+    strict = NodeMapper(flow, threshold=0.99)
+    matches = strict.map(["Lovely weather for a picnic.", say(flow, "greet")])
+    assert matches[0].node is None and matches[0].best  # the best guess is still reported
+    assert matches[1].node == "greet" and matches[1].score > 0.99
+
+
+@pytest.mark.parametrize("name", ["travel", "zoom", "insurance"])
+def test_mapping_recovers_the_nodes_of_generated_dialogues(name, store):
+    """Calibration guard: on the offline generator's dialogues (each message tagged with its node) the
+    mapper finds the right node for nearly every agent message with the default threshold and margin."""
+    from engine.store import SAMPLE_FLOWS_DIR, load_flow
+
+    if not (SAMPLE_FLOWS_DIR / f"{name}.yaml").is_file():
+        pytest.skip(f"sample_flows/{name}.yaml is not in this checkout")
+    from engine.generate import preview_dialogue
+
+    flow = load_flow(name, store)
+    mapper = NodeMapper(flow)
+    said = [m for seed in range(3) for m in preview_dialogue(flow, seed=seed) if m["role"] == "assistant" and m.get("node")]
+    got = [x.node for x in mapper.map([m["content"] for m in said])]
+    right = sum(g == m["node"] for g, m in zip(got, said, strict=True))
+    assert right >= 0.9 * len(said), list(zip(got, [m["node"] for m in said], strict=True))
+    assert all(g in (None, m["node"]) for g, m in zip(got, said, strict=True))  # unsure, never wrong
