@@ -85,7 +85,10 @@ class GenerateConfig(BaseModel):
     fallback: str | None = Field(None, description="scripted only: backend for nodes without examples.")
     dataset: str | None = Field(None, description="Dataset name; default: the flow's name.")
     paths: Literal["coverage", "uniform"] = Field("coverage", description="How paths are chosen.")
-    max_visits: int = Field(1, ge=1, description="How often a path may pass one node (loops).")
+    max_visits: int = Field(
+        2, ge=1, description="How often a path may pass one node: 2 lets each loop run once more, so loop-back "
+        "edges (ask again, re-request documents) appear in the data; 1 keeps paths acyclic.",
+    )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each seed's conversations held out.")
     concurrency: int = Field(8, ge=1, description="Conversations generated at once.")
     requests_per_minute: float | None = Field(None, gt=0, description="Client-side request rate cap.")

@@ -109,7 +109,9 @@ def branch_consistent(flow: Flow, rec: dict) -> None:
             j -= 1
         if flow.node(path[j]).role != "user":
             continue
-        said = msgs[max(i for i, n in enumerate(nodes) if n == path[j])]["content"]
+        # with loops a node recurs: take the message of this very visit (its occurrence number on the path)
+        visit = path[: j + 1].count(path[j])
+        said = msgs[[i for i, n in enumerate(nodes) if n == path[j]][visit - 1]]["content"]
         allowed = {render_template(e, meta["scenario"]).strip() for e in edge.examples}
         assert said in allowed, f"at hub {nid} the path goes to {path[k + 1]} but the user said {said!r}"
 
@@ -175,7 +177,10 @@ def test_scripted_end_to_end_on_sample_flows(path: Path, store: Store, tmp_path:
     used = {(a, b) for r in records for a, b in zip(r["meta"]["path"], r["meta"]["path"][1:], strict=False)}
     from engine.paths import iter_paths
 
-    reachable = {(a, b) for p in iter_paths(flow) for a, b in zip(p, p[1:], strict=False)}
+    # the default lets each loop run once more, so loop-back edges are in the data too
+    visits = GenerateConfig(n=1).max_visits
+    assert visits == 2
+    reachable = {(a, b) for p in iter_paths(flow, max_visits=visits) for a, b in zip(p, p[1:], strict=False)}
     assert used == reachable
     assert {r["meta"]["seed"] for r in records} == {0, 1}
     # different scenarios make different dialogues

@@ -48,7 +48,8 @@ def register(cli: click.Group) -> None:
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=None, help="Tokens per minute cap.")
 @click.option("--fallback", type=click.Choice(("local", "anthropic", "openai")), default=None,
               help="scripted only: the backend that writes turns of nodes without example utterances.")
-@click.option("--max-visits", type=click.IntRange(min=1), default=1, show_default=True, help="Loop passes per node on a path.")
+@click.option("--max-visits", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Passes per node on a path: 2 lets each loop run once more (so loop-back edges are covered); 1 = acyclic.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=300, show_default=True, help="Longest generated message.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def generate_cmd(flow_ref: str, n: int, backend: str, model: str | None, base_url: str | None, seeds: tuple[int, ...],
