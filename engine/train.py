@@ -468,11 +468,13 @@ _STORE: Any = None
 
 
 def _store() -> Any:
+    """One Store per data dir (SUBTERRA_HOME may change between runs in one process, e.g. in tests)."""
     global _STORE
-    if _STORE is None:
-        from engine.store import Store
+    from engine.store import Store, data_dir
 
-        _STORE = Store(seed=False)
+    path = data_dir() / "subterra.db"
+    if _STORE is None or _STORE.path != path:
+        _STORE = Store(path, seed=False)
     return _STORE
 
 
