@@ -18,7 +18,13 @@ from typing import Any, TypedDict
 
 from engine.agents.base import AgentDelta, AgentReply
 from engine.agents.calls import stream_as_reply
-from engine.agents.orchestrator import RouteDecision, choose_edge, ends_after, node_system_prompt
+from engine.agents.orchestrator import (
+    OrchestratorAgent,
+    RouteDecision,
+    choose_edge,
+    ends_after,
+    node_system_prompt,
+)
 from engine.backends.base import Backend, ChatRequest, Message, Sampling, Usage
 from engine.errors import ServingError
 from engine.flow import Flow
@@ -48,28 +54,18 @@ def require_langgraph() -> Any:
     return lg
 
 
-class LangGraphAgent:
+class LangGraphAgent(OrchestratorAgent):
+    """The surface orchestrator's set-up (backends, router, sampling), run as a LangGraph StateGraph."""
+
     kind = "langgraph"
 
     def __init__(self, flow: Flow, backend: Backend, router_backend: Backend | None = None,
                  sampling: Sampling | None = None, spec: str = ""):
-        if not flow.start or flow.start not in flow.node_map:
-            raise ServingError(f"flow '{flow.name}' has no valid start node; set `start` to a node id")
-        self.flow = flow
-        self.backend = backend
-        self.router_backend = router_backend or backend
-        self.model = backend.model
-        self.sampling = sampling or Sampling(temperature=0.7, max_tokens=256)
-        self.spec = spec or f"langgraph:{flow.name}@{backend.name}"
+        super().__init__(flow, backend, router_backend, sampling, spec or f"langgraph:{flow.name}@{backend.name}")
         self.graph = build_graph(self)
 
-    def session(self) -> LangGraphSession:
+    def session(self) -> LangGraphSession:  # type: ignore[override]
         return LangGraphSession(self)
-
-    async def aclose(self) -> None:
-        await self.backend.aclose()
-        if self.router_backend is not self.backend:
-            await self.router_backend.aclose()
 
 
 class LangGraphSession:

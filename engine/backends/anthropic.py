@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import ChatRequest, ChatResult, StreamEvent, Usage, register
-from engine.backends.retry import Retryable, RetryPolicy, parse_retry_after, with_retries
+from engine.backends.retry import Retryable, RetryPolicy, SDKErrors, parse_retry_after, with_retries
 from engine.errors import BackendResponseError, BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -38,7 +38,10 @@ OPENING = "(The conversation begins. Write the first message.)"
 
 
 @register("anthropic")
-class AnthropicBackend:
+class AnthropicBackend(SDKErrors):
+    service = "the Anthropic API"
+    key_env = "ANTHROPIC_API_KEY"
+    load_sdk = staticmethod(_sdk)
     name = "anthropic"
 
     def __init__(self, model: str | None = None, base_url: str | None = None, timeout: float = 120.0,
@@ -88,31 +91,6 @@ class AnthropicBackend:
         yield StreamEvent(result=ChatResult(
             text="".join(parts), usage=usage, model=model, backend=self.name,
             latency_s=time.perf_counter() - t0, ttft_s=ttft, finish_reason=stop))
-
-    async def check(self) -> None:
-        """Fail fast (BackendUnavailableError) when the endpoint cannot be reached or refuses the key."""
-        try:
-            await self.client.with_options(max_retries=0, timeout=10.0).models.list()
-        except _sdk().APIStatusError as e:
-            mapped = self.translate(e)
-            if e.status_code in (401, 403) and mapped is not None:
-                raise mapped from None
-            # servers without a models endpoint still answer: reachable is all we check here
-        except _sdk().APIConnectionError as e:
-            raise BackendUnavailableError(
-                f"cannot reach the Anthropic API at {self.base_url or 'the default endpoint'} ({e.__cause__ or e}); "
-                "check --base-url and that the server is running"
-            ) from None
-
-    def translate(self, e: BaseException) -> BaseException | None:
-        """An SDK error that retrying will not fix, as a message that says what to do."""
-        if not isinstance(e, _sdk().APIStatusError):
-            return None
-        if e.status_code in (401, 403):
-            return BackendUnavailableError(f"the Anthropic API refused the key ({e.status_code}); check ANTHROPIC_API_KEY")
-        if e.status_code == 404:
-            return BackendUnavailableError(f"the Anthropic API does not know model '{self.model}' (404); check --model")
-        return BackendResponseError(f"the Anthropic API rejected the request ({e.status_code}: {str(e.message)[:200]})")
 
     async def aclose(self) -> None:
         await self.client.close()

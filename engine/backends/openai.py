@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import ChatRequest, ChatResult, StreamEvent, Usage, register
-from engine.backends.retry import Retryable, RetryPolicy, parse_retry_after, with_retries
+from engine.backends.retry import Retryable, RetryPolicy, SDKErrors, parse_retry_after, with_retries
 from engine.errors import BackendResponseError, BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ MODEL_ENV = "SUBTERRA_OPENAI_MODEL"
 
 
 @register("openai")
-class OpenAIBackend:
+class OpenAIBackend(SDKErrors):
+    service = "the OpenAI-compatible server"
+    key_env = "OPENAI_API_KEY"
+    load_sdk = staticmethod(_sdk)
     name = "openai"
 
     def __init__(self, model: str | None = None, base_url: str | None = None, timeout: float = 120.0,
@@ -85,31 +88,6 @@ class OpenAIBackend:
                     yield StreamEvent(delta=piece)
         yield StreamEvent(result=ChatResult(text="".join(parts), usage=usage, model=model, backend=self.name,
                                             latency_s=time.perf_counter() - t0, ttft_s=ttft, finish_reason=finish))
-
-    async def check(self) -> None:
-        """Fail fast (BackendUnavailableError) when the endpoint cannot be reached or refuses the key."""
-        try:
-            await self.client.with_options(max_retries=0, timeout=10.0).models.list()
-        except _sdk().APIStatusError as e:
-            mapped = self.translate(e)
-            if e.status_code in (401, 403) and mapped is not None:
-                raise mapped from None
-            # servers without a models endpoint still answer: reachable is all we check here
-        except _sdk().APIConnectionError as e:
-            raise BackendUnavailableError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url or 'the default endpoint'} ({e.__cause__ or e}); "
-                "check --base-url and that the server is running"
-            ) from None
-
-    def translate(self, e: BaseException) -> BaseException | None:
-        """An SDK error that retrying will not fix, as a message that says what to do."""
-        if not isinstance(e, _sdk().APIStatusError):
-            return None
-        if e.status_code in (401, 403):
-            return BackendUnavailableError(f"the OpenAI-compatible server refused the key ({e.status_code}); check OPENAI_API_KEY")
-        if e.status_code == 404:
-            return BackendUnavailableError(f"the OpenAI-compatible server does not know model '{self.model}' (404); check --model")
-        return BackendResponseError(f"the OpenAI-compatible server rejected the request ({e.status_code}: {str(e.message)[:200]})")
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,3 +93,41 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class SDKErrors:
+    """`check()` and `translate()` for backends built on an official SDK (anthropic, openai): both SDKs
+    raise `APIStatusError` / `APIConnectionError`, so one mapping to messages that say what to do serves both."""
+
+    service: str  # "the Anthropic API", used in messages
+    key_env: str  # environment variable that holds the key
+    base_url: str | None
+    model: str
+    client: Any
+    load_sdk: Callable[[], Any]
+
+    async def check(self) -> None:
+        """Fail fast (BackendUnavailableError) when the endpoint cannot be reached or refuses the key."""
+        sdk = self.load_sdk()
+        try:
+            await self.client.with_options(max_retries=0, timeout=10.0).models.list()
+        except sdk.APIStatusError as e:
+            mapped = self.translate(e)
+            if e.status_code in (401, 403) and mapped is not None:
+                raise mapped from None
+            # servers without a models endpoint still answer: reachable is all we check here
+        except sdk.APIConnectionError as e:
+            raise BackendUnavailableError(
+                f"cannot reach {self.service} at {self.base_url or 'the default endpoint'} ({e.__cause__ or e}); "
+                "check --base-url and that the server is running"
+            ) from None
+
+    def translate(self, e: BaseException) -> BaseException | None:
+        """An SDK error that retrying will not fix, as a message that says what to do."""
+        if not isinstance(e, self.load_sdk().APIStatusError):
+            return None
+        if e.status_code in (401, 403):
+            return BackendUnavailableError(f"{self.service} refused the key ({e.status_code}); check {self.key_env}")
+        if e.status_code == 404:
+            return BackendUnavailableError(f"{self.service} does not know model '{self.model}' (404); check --model")
+        return BackendResponseError(f"{self.service} rejected the request ({e.status_code}: {str(e.message)[:200]})")
