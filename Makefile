@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export SUBTERRA_HOME ?= $(HOME)/.local/share/subterra
 
-.PHONY: setup run test test-fast lint bench clean system-deps ui-assets vllm-env
+.PHONY: setup run test test-fast lint bench results clean system-deps ui-assets vllm-env
 
 setup: $(STAMP) ui-assets
 
@@ -53,9 +53,15 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check engine ui tests
 	$(BIN)/mypy engine
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The paper's comparison offline (bench/results.py): each sample flow compiled with the quick preset, then
+# compiled vs in-context vs orchestrator on the same base model; writes results/ and the README's table.
+results: setup
+	$(BIN)/python -m bench.results
 
 clean:
 	rm -rf $(VENV) .venv-vllm ui/frontend/node_modules ui/static/dist

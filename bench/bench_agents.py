@@ -41,7 +41,7 @@ _BEST_THREADS = [1]  # the thread count that gave the best TTFT; the batched bas
 
 def run() -> list[dict[str, Any]]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from engine.bundled import smollm2_dir
+    from engine.base_model import smollm2_dir
 
     model = str(smollm2_dir())
     results = ttft_results(model)
@@ -116,8 +116,9 @@ BATCH, NEW_TOKENS = 32, 64
 
 def _batch_requests() -> list[ChatRequest]:
     topics = ["Lisbon", "Kyoto", "Rome", "Bali", "Reykjavik", "Cancun", "Barcelona", "Vancouver"]
-    return [ChatRequest(system=SYSTEM, messages=[Message(role="user", content=f"Plan a {3 + i % 5}-day trip to "
-                                                                            f"{topics[i % len(topics)]} for {1 + i % 4}.")],
+    return [ChatRequest(system=SYSTEM,
+                        messages=[Message(role="user", content=f"Plan a {3 + i % 5}-day trip to "
+                                                               f"{topics[i % len(topics)]} for {1 + i % 4}.")],
                         sampling=Sampling(temperature=0, max_tokens=NEW_TOKENS)) for i in range(BATCH)]
 
 
@@ -130,7 +131,7 @@ def throughput_results(model: str) -> list[dict[str, Any]]:
     if os.environ.get("SUBTERRA_BENCH_VLLM", "1") == "0":
         return out + [{"name": "batch32x64_vllm", "skipped": "SUBTERRA_BENCH_VLLM=0"}]
     from engine.errors import ServingError
-    from engine.vllm_server import VLLMServer, find_vllm_python
+    from engine.serve.vllm import VLLMServer, find_vllm_python
 
     try:
         find_vllm_python()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.agents.base import AgentReply
 from engine.backends.base import Message, Usage
-from engine.conformance import get_embedder
+from engine.evaluate.conformance import get_embedder
 from engine.flow import Flow, render_template
 
 SCENARIOS = 12
@@ -40,7 +40,8 @@ def run() -> list[dict]:
         slow, _ = _measure(flow, store, concurrency=1, latency=API_LATENCY_S, out=Path(home) / "c1")
         fast, _ = _measure(flow, store, concurrency=4, latency=API_LATENCY_S, out=Path(home) / "c4")
     return [
-        {"name": "evaluator overhead (travel, scripted user, model-free agent)", "value": 60_000 / bare, "unit": "ms/conv",
+        {"name": "evaluator overhead (travel, scripted user, model-free agent)", "value": 60_000 / bare,
+         "unit": "ms/conv",
          "note": f"{bare:.0f} conversations/min incl. metrics, stats and report ({n} conversations)"},
         {"name": f"eval conversations/min, agent with {API_LATENCY_S:g} s/reply, concurrency 4", "value": fast,
          "unit": "conv/min", "baseline": slow, "ratio": fast / slow if slow else None,
@@ -49,7 +50,7 @@ def run() -> list[dict]:
 
 
 def _measure(flow: Flow, store, concurrency: int, latency: float, out: Path) -> tuple[float, int]:
-    from engine.evaluate import EvalConfig, run_evaluation
+    from engine.evaluate.run import EvalConfig, run_evaluation
 
     get_embedder().clear_cache()  # every run starts cold: same scenarios, same sentences
     agents = {"walker": _WalkerAgent(flow, latency)}
@@ -57,7 +58,7 @@ def _measure(flow: Flow, store, concurrency: int, latency: float, out: Path) -> 
     t0 = time.perf_counter()
     result = run_evaluation(config, agents=agents, store=store)
     elapsed = time.perf_counter() - t0
-    n = result.report["agents"]["walker"]["conversations"]
+    n = result.report.agents["walker"].conversations
     return n / elapsed * 60, n
 
 
@@ -99,6 +100,7 @@ class _WalkerSession:
         if len(edges) <= 1:
             return edges[0].target if edges else None
         emb = get_embedder()
-        scores = [float((emb.embed([said or "ok"]) @ emb.embed([t for t in [e.when or "", *e.examples] if t] or [e.target]).T).max())
+        scores = [float((emb.embed([said or "ok"])
+                         @ emb.embed([t for t in [e.when or "", *e.examples] if t] or [e.target]).T).max())
                   for e in edges]
         return edges[scores.index(max(scores))].target

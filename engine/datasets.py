@@ -10,6 +10,7 @@ trainer reads stored datasets with `iter_conversations` and files with `load_jso
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,36 +23,24 @@ ROLES = ("system", "user", "assistant")
 
 def list_datasets(store: Store) -> list[dict[str, Any]]:
     """Every dataset: name, flow, flow_version, target, conversations per split, created/updated."""
-    rows = store.db.query(
-        "select d.id, d.name, d.flow, d.flow_version, d.target, d.created, d.updated, "
-        "sum(c.split = 'train') as train, sum(c.split = 'eval') as eval, count(c.id) as conversations "
-        "from datasets d left join conversations c on c.dataset_id = d.id group by d.id order by d.name"
-    )
-    return [dict(r, train=r["train"] or 0, eval=r["eval"] or 0) for r in rows]
+    return store.dataset_summaries()
 
 
 def dataset_info(store: Store, name: str) -> dict[str, Any]:
     for d in list_datasets(store):
         if d["name"] == name:
-            failures = list(store.db.query("select count(*) as n from generation_failures where dataset_id = ?", [d["id"]]))
-            return d | {"failed_attempts": failures[0]["n"]}
-    raise GenerationError(f"no dataset named '{name}'; datasets: {', '.join(_names(store)) or 'none (run subterra generate)'}")
+            return d | {"failed_attempts": store.count_generation_failures(d["id"])}
+    raise _unknown(store, name)
 
 
 def iter_conversations(store: Store, dataset_name: str, split: str | None = None) -> Iterator[dict[str, Any]]:
     """The dataset's conversations in slot order as JSONL records; `split` = 'train' | 'eval' | None (all)."""
-    ds = list(store.db.query("select id from datasets where name = ?", [dataset_name]))
-    if not ds:
-        raise GenerationError(
-            f"no dataset named '{dataset_name}'; datasets: {', '.join(_names(store)) or 'none (run subterra generate)'}"
-        )
-    where, args = "dataset_id = ?", [ds[0]["id"]]
-    if split is not None:
-        if split not in ("train", "eval"):
-            raise GenerationError(f"unknown split '{split}'; use train or eval")
-        where += " and split = ?"
-        args.append(split)
-    for r in store.db.query(f"select messages, meta, split from conversations where {where} order by slot", args):
+    row = store.dataset_row(dataset_name)
+    if row is None:
+        raise _unknown(store, dataset_name)
+    if split is not None and split not in ("train", "eval"):
+        raise GenerationError(f"unknown split '{split}'; use train or eval")
+    for r in store.iter_conversation_rows(row["id"], split):
         meta = json.loads(r["meta"])
         meta["split"] = r["split"]
         yield {"messages": json.loads(r["messages"]), "meta": meta}
@@ -63,11 +52,20 @@ def export_jsonl(store: Store, name: str, path: str | Path, split: str | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in iter_conversations(store, name, split):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in iter_conversations(store, name, split):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as e:  # a full disk, a kill: no half-written file is left, the old export stays
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise GenerationError(f"cannot write {path} ({e.strerror or e}); free some space or pick another "
+                                  "--out, then export again") from None
+        raise
     return n
 
 
@@ -108,17 +106,12 @@ def check_record(rec: Any) -> str | None:
 
 def delete_dataset(store: Store, name: str) -> int:
     """Remove a dataset and its conversations; returns how many conversations went."""
-    ds = list(store.db.query("select id from datasets where name = ?", [name]))
-    if not ds:
+    row = store.dataset_row(name)
+    if row is None:
         raise GenerationError(f"no dataset named '{name}'")
-    i = ds[0]["id"]
-    with store.transaction() as db:
-        n = db.execute("delete from conversations where dataset_id = ?", [i]).rowcount
-        for table in ("generation_failures", "dataset_runs"):
-            db.execute(f"delete from {table} where dataset_id = ?", [i])
-        db.execute("delete from datasets where id = ?", [i])
-    return int(n)
+    return store.delete_dataset(row["id"])
 
 
-def _names(store: Store) -> list[str]:
-    return [r["name"] for r in store.db.query("select name from datasets order by name")]
+def _unknown(store: Store, name: str) -> GenerationError:
+    names = ", ".join(store.dataset_names()) or "none (run subterra generate)"
+    return GenerationError(f"no dataset named '{name}'; datasets: {names}")

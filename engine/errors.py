@@ -15,7 +15,9 @@ A message says what went wrong and what to do next; the CLI prints it as one lin
     ├── GenerationError      dataset synthesis cannot proceed
     ├── TrainingError        compile cannot proceed
     ├── ServingError         an agent or server cannot run
-    └── EvaluationError      an evaluation cannot proceed
+    ├── EvaluationError      an evaluation cannot proceed
+    └── JobError             a background job cannot be started, found, cancelled or resumed
+        └── JobConflictError another live job already writes the same output
 """
 
 from __future__ import annotations
@@ -89,4 +91,12 @@ class ServingError(SubterraError):
 
 
 class EvaluationError(SubterraError):
+    pass
+
+
+class JobError(SubterraError):
+    pass
+
+
+class JobConflictError(JobError):
     pass

@@ -14,7 +14,14 @@ import re
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -23,6 +30,16 @@ ROLES: tuple[str, ...] = ("agent", "user", "decision", "terminal")
 STANDARD_OUTCOMES: tuple[str, ...] = ("success", "abandoned", "escalated")
 
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
+
+NAME_RULE = "letters, digits, '_', '-' and '.', starting with a letter or digit, at most 64 characters"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a flow or model (names become folder names), or None when it can."""
+    if _SAFE_NAME.fullmatch(name or ""):
+        return None
+    return f"'{name}' cannot be used as a name: use {NAME_RULE}"
 
 
 def placeholders(template: str) -> list[str]:
@@ -44,7 +61,12 @@ def render_template(template: str, values: dict[str, object]) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)  # no NaN/Infinity
+
+
+def _empty(value: object) -> bool:
+    # optional dialogue fields (gathers, ask, ...) are left out of dumps when empty: old files stay as they were
+    return not value
 
 
 class Position(_Model):
@@ -66,6 +88,20 @@ class Node(_Model):
         default_factory=list, description="Example utterances (templates) the offline generator renders."
     )
     position: Position | None = Field(None, description="Where the node sits on the canvas.")
+    gathers: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="Variables this turn collects: an agent turn asks only for those still unknown, a user turn "
+        "states the ones it is asked for.",
+    )
+    confirms: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="Variables an agent turn restates (with their latest values) so the customer can correct them.",
+    )
+    changes: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="Variables a user turn may change: when the path loops back from here, the customer changes "
+        "one of them and later turns use the new value.",
+    )
 
     @property
     def speaks(self) -> bool:
@@ -90,11 +126,30 @@ class Edge(_Model):
     )
 
 
-class ChoiceVariable(_Model):
+class _VariableBase(_Model):
+    """What every kind of scenario variable shares: its description and how the dialogue talks about it."""
+
+    description: str = ""
+    ask: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="How the assistant asks for it: questions, one is picked (default: from the description).",
+    )
+    state: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="How the customer states it: templates with the `{variable}` placeholder (default: "
+        "'<name>: {variable}').",
+    )
+    cues: list[str] = Field(
+        default_factory=list, exclude_if=_empty,
+        description="Words that show a question is about it (data-quality report, simulator; default: the "
+        "longer words of `ask` or the name).",
+    )
+
+
+class ChoiceVariable(_VariableBase):
     kind: Literal["choice"] = "choice"
     values: list[str | int | float | bool] = Field(min_length=1, description="The values to choose from.")
     weights: list[float] | None = Field(None, description="Relative weight of each value (same length).")
-    description: str = ""
 
     @model_validator(mode="after")
     def _weights_match(self) -> ChoiceVariable:
@@ -109,12 +164,11 @@ class ChoiceVariable(_Model):
         return self
 
 
-class RangeVariable(_Model):
+class RangeVariable(_VariableBase):
     kind: Literal["range"] = "range"
     min: float = Field(description="Smallest value.")
     max: float = Field(description="Largest value.")
     integer: bool = Field(True, description="Draw whole numbers.")
-    description: str = ""
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeVariable:
@@ -123,13 +177,38 @@ class RangeVariable(_Model):
         return self
 
 
-class TextVariable(_Model):
+class TextVariable(_VariableBase):
     kind: Literal["text"] = "text"
     pool: list[str] = Field(min_length=1, description="Texts to draw from (names, complaints, ...).")
-    description: str = ""
 
 
 Variable = Annotated[ChoiceVariable | RangeVariable | TextVariable, Field(discriminator="kind")]
+
+
+class Note(_Model):
+    """A sticky note for the people editing the flow; never part of the procedure."""
+
+    id: str = Field(description="Unique among the flow's notes.")
+    text: str = Field("", description="What the note says.")
+    position: Position = Field(default_factory=Position, description="Top-left corner on the canvas.")
+
+
+class Group(_Model):
+    """A labelled frame around some nodes on the canvas; a collapsed group is drawn as one card."""
+
+    id: str = Field(description="Unique among the flow's groups.")
+    label: str = Field("", description="Title shown on the frame.")
+    nodes: list[str] = Field(default_factory=list, description="Ids of the nodes inside the frame.")
+    collapsed: bool = Field(False, description="Draw the group as one card (its nodes hidden).")
+
+
+class Canvas(_Model):
+    """How the studio draws the flow. Only the canvas reads it: validation, paths, generation and
+    training ignore it, and exporters other than json/yaml drop it."""
+
+    direction: Literal["TB", "LR"] = Field("TB", description="Auto-layout direction: top-down or left-right.")
+    notes: list[Note] = Field(default_factory=list, description="Sticky notes.")
+    groups: list[Group] = Field(default_factory=list, description="Labelled, collapsible frames around nodes.")
 
 
 class Flow(_Model):
@@ -143,6 +222,15 @@ class Flow(_Model):
     variables: dict[str, Variable] = Field(default_factory=dict, description="Scenario variables.")
     nodes: list[Node] = Field(default_factory=list)
     edges: list[Edge] = Field(default_factory=list)
+    canvas: Canvas = Field(default_factory=Canvas, description="Notes, groups, layout direction (studio only).")
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_canvas(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # a flow without notes or groups dumps exactly as before the canvas field existed
+        data: dict[str, object] = handler(self)
+        if isinstance(data, dict) and self.canvas == Canvas():
+            data.pop("canvas", None)
+        return data
 
     @model_validator(mode="after")
     def _edge_ids(self) -> Flow:

@@ -21,18 +21,30 @@ import hashlib
 import json
 import random
 import re
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.backends.base import Backend, ChatRequest, Message, RenderHints, Sampling, Usage, get_backend
+from engine.backends.pricing import cost
+from engine.dialogue_state import (
+    DialogueState,
+    Said,
+    asked_facts,
+    assistant_turn,
+    customer_turn,
+    fact_specs,
+    gathered,
+    greeting_of,
+    new_value,
+    refresh_for_revisit,
+    stated_facts,
+)
 from engine.errors import (
     BackendError,
     BackendUnavailableError,
@@ -41,10 +53,11 @@ from engine.errors import (
     SubterraError,
 )
 from engine.flow import Flow, render_template
+from engine.holdout import HELDOUT_SHARE, training_view
 from engine.paths import coverage_paths, sample_paths
-from engine.pricing import cost
+from engine.provenance import git_revision
 from engine.ratelimit import RateLimiter
-from engine.scenario import sample_scenario
+from engine.scenario import fit_to_path, sample_scenario
 from engine.store import Store, now
 from engine.validate import has_errors, validate
 
@@ -73,13 +86,21 @@ What the conversations are about: {description}"""
 _LABEL = re.compile(r"^\s*\**\s*(agent|assistant|customer|user|caller|client)\s*\**\s*:\s*\**\s*", re.I)
 
 
+MAX_CONVERSATIONS = 1_000_000
+"""Most conversations one run may ask for per seed (more is a typo, and would fill the memory planning it)."""
+MAX_TOKENS = 32_768
+"""Longest message a generator may be asked for (beyond any model's context)."""
+
+
 class GenerateConfig(BaseModel):
     """Everything that decides what a generation run produces (recorded with the dataset)."""
 
-    model_config = ConfigDict(extra="forbid")
-    n: int = Field(gt=0, description="Conversations per seed.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One run of n per seed.")
-    backend: str = Field("scripted", description="scripted, local, anthropic or openai.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    n: int = Field(gt=0, le=MAX_CONVERSATIONS, description="Conversations per seed.")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="One run of n per seed.")
+    backend: str = Field("scripted", description="What writes the turns: example utterances (scripted), a local "
+                                                 "model, or an API.")
     model: str | None = Field(None, description="Model name for the backend (none: the backend's own choice).")
     base_url: str | None = Field(None, description="Endpoint for anthropic / openai backends.")
     fallback: str | None = Field(None, description="scripted only: backend for nodes without examples.")
@@ -90,13 +111,22 @@ class GenerateConfig(BaseModel):
         "edges (ask again, re-request documents) appear in the data; 1 keeps paths acyclic.",
     )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each seed's conversations held out.")
-    concurrency: int = Field(8, ge=1, description="Conversations generated at once.")
+    customer_first: float = Field(
+        0.25, ge=0, le=1, description="Share of conversations whose path opens with the assistant that start "
+        "with the customer instead (the assistant's first turn then greets and answers what was said).",
+    )
+    heldout_examples: float = Field(
+        HELDOUT_SHARE, ge=0, lt=1, description="Share of each node's example utterances never used for "
+        "training conversations (engine.holdout.heldout_view gives them to the evaluation).",
+    )
+    concurrency: int = Field(8, ge=1, le=1024, description="Conversations generated at once.")
     requests_per_minute: float | None = Field(None, gt=0, description="Client-side request rate cap.")
     tokens_per_minute: float | None = Field(None, gt=0, description="Client-side token rate cap.")
     max_cost: float | None = Field(None, ge=0, description="Stop (and refuse to start) beyond this spend in USD.")
-    attempts: int = Field(3, ge=1, description="Tries per slot, each with a fresh scenario, before it is left empty.")
-    temperature: float = Field(0.9, ge=0, description="Sampling temperature of the generator.")
-    max_tokens: int = Field(300, gt=0, description="Longest generated message, in tokens.")
+    attempts: int = Field(3, ge=1, le=100,
+                          description="Tries per slot, each with a fresh scenario, before it is left empty.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature of the generator.")
+    max_tokens: int = Field(300, gt=0, le=MAX_TOKENS, description="Longest generated message, in tokens.")
     cache_prompt: bool = Field(True, description="Mark the generator's stable system prompt for prompt caching.")
 
 
@@ -150,6 +180,9 @@ class Turn:
     prompt: str
     conditions: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    next_agent: str | None = None  # the next agent node on the path after this turn
+    loops: bool = False  # that agent node was visited before: the path loops back here
+    hubs: list[str] = field(default_factory=list)  # decision hubs whose branch this (user) turn decides
 
 
 @dataclass
@@ -209,22 +242,30 @@ async def _generate(flow: Flow, config: GenerateConfig, store: Store, backend: B
                     on_estimate: Callable[[Estimate], None] | None) -> RunReport:
     flow_version = _flow_version(store, flow)
     ds_name = config.dataset or flow.name
+    new_dataset = store.dataset_row(ds_name) is None
     ds_id = _dataset(store, ds_name, flow, flow_version, config)
-    plans = [p for seed in config.seeds for p in _seed_plan(store, ds_id, flow, config, seed)]
-    filled = _filled_slots(store, ds_id)
-    todo = [p for p in plans if p.slot not in filled]
-    if backend.name == "scripted" and not config.fallback:
-        _check_examples(flow, todo)
-    est = estimate_cost(flow, config, plans=todo, model=backend.model, backend=backend.name)
-    if on_estimate:
-        on_estimate(est)
-    if config.max_cost is not None and todo and est.usd > config.max_cost:
-        raise GenerationError(
-            f"the estimated cost ${est.usd:.2f} of {len(todo)} conversations exceeds --max-cost ${config.max_cost:.2f}; "
-            "lower -n or raise --max-cost"
-        )
+    try:  # a run refused before its first conversation leaves no dataset behind
+        plans = [p for seed in config.seeds for p in _seed_plan(store, ds_id, flow, config, seed)]
+        filled = _filled_slots(store, ds_id)
+        todo = [p for p in plans if p.slot not in filled]
+        gen_flow = training_view(flow, config.heldout_examples)  # held-out examples stay out of the data
+        if backend.name == "scripted" and not config.fallback:
+            _check_examples(gen_flow, todo)
+        est = estimate_cost(flow, config, plans=todo, model=backend.model, backend=backend.name)
+        if on_estimate:
+            on_estimate(est)
+        if config.max_cost is not None and todo and est.usd > config.max_cost:
+            raise GenerationError(
+                f"the estimated cost ${est.usd:.2f} of {len(todo)} conversations exceeds --max-cost "
+                f"${config.max_cost:.2f}; lower -n or raise --max-cost"
+            )
+    except BaseException:
+        if new_dataset:
+            store.delete_dataset(ds_id)
+        raise
     job_id = store.create_job("generate", config.model_dump(mode="json"), name=ds_name)
-    run = _Run(flow, flow_version, config, store, ds_id, backend, len(plans), len(plans) - len(todo), on_progress, job_id)
+    run = _Run(gen_flow, flow_version, config, store, ds_id, backend, len(plans), len(plans) - len(todo),
+               on_progress, job_id)
     try:
         if todo:
             check = getattr(backend, "check", None)
@@ -235,9 +276,10 @@ async def _generate(flow: Flow, config: GenerateConfig, store: Store, backend: B
         store.update_job(job_id, status="failed", message=str(e) if isinstance(e, SubterraError) else repr(e))
         raise
     report = run.report(ds_name, [p.slot for p in plans])
-    store.update_job(job_id, status="done" if report.complete else "incomplete", progress=report.done / max(1, report.total),
+    store.update_job(job_id, status="done" if report.complete else "incomplete",
+                     progress=report.done / max(1, report.total),
                      result=report.model_dump(mode="json"), message=_summary(report))
-    store.db.table("datasets").update(ds_id, {"updated": now()})
+    store.touch_dataset(ds_id)
     return report
 
 
@@ -320,6 +362,7 @@ def plan_turns(flow: Flow, path: list[str]) -> list[Turn]:
                 turns.append(Turn(other, None, "a very short natural reply (a few words) that lets the other "
                                   "person go on", [], FILLERS[other]))
             turn = Turn(role, nid, node.prompt, [], list(node.examples))
+            turn.next_agent, turn.loops = _next_agent(flow, path, k)
             # a hub at the start or right after an agent turn: the branch is context for this turn
             turn.conditions += [when for when, _ in pending if when]
             pending = []
@@ -330,6 +373,7 @@ def plan_turns(flow: Flow, path: list[str]) -> list[Turn]:
             last = turns[-1] if turns else None
             if last is not None and last.role == "user":  # hubs speak no line: `last` precedes this hub
                 _attach(last, *branch)
+                last.hubs.append(nid)
             else:
                 pending.append(branch)
     return turns
@@ -339,21 +383,48 @@ async def write_conversation(flow: Flow, path: list[str], scenario: dict[str, An
                              seed: int, sampling: Sampling, limiter: RateLimiter | None = None,
                              before_call: Callable[[], None] | None = None,
                              after_call: Callable[[Usage], None] | None = None,
-                             cache_system: bool = True) -> Conversation:
-    """Write one conversation along `path` turn by turn; raises on a failed turn (nothing partial)."""
+                             cache_system: bool = True, customer_first: bool = False) -> Conversation:
+    """Write one conversation along `path` turn by turn; raises on a failed turn (nothing partial).
+
+    A `DialogueState` follows what the customer has stated, what the assistant asked and restated and
+    what changed: offline, each turn is composed against it (`engine.dialogue_state`); a model is told
+    the facts stated so far and what is still missing. `customer_first` drops the assistant's opening
+    greeting: the customer speaks first and the assistant's first turn greets and answers them.
+    """
     system = _generator_system(flow)
     messages: list[dict[str, str]] = [{"role": "system", "content": flow.system_prompt}]
     nodes: list[str | None] = [None]
     usage = Usage()
-    for i, turn in enumerate(plan_turns(flow, path)):
+    scenario = fit_to_path(flow, path, scenario)
+    specs, facts = fact_specs(flow), gathered(flow)
+    state = DialogueState(values=dict(scenario), facts=facts)
+    persona = str(scenario.get("user_style", "somewhat specific"))
+    turns = plan_turns(flow, path)
+    opened_by_customer = customer_first and len(turns) > 1 and turns[0].role == "assistant" and turns[1].role == "user"
+    if opened_by_customer:
+        turns = turns[1:]
+    stated_log: list[list[str]] = [[]]
+    asked_log: list[list[str]] = [[]]
+    retracted_log: list[list[str]] = [[]]
+    for i, turn in enumerate(turns):
+        rng = random.Random(_mix(seed, i, "state"))
+        greeting = greeting_of(flow, rng) if opened_by_customer and i == 1 else ""
+        change = _llm_change(flow, state, turn, rng) if backend.name != "scripted" else None
+        if turn.role == "assistant" and turn.node_id is not None and turn.node_id in nodes:  # a revisit
+            customer_said = [m["content"] for m in messages if m["role"] == "user"]
+            refresh_for_revisit(flow, state, flow.node(turn.node_id), customer_said, rng)
+        said = _compose(flow, state, specs, turn, rng, persona, greeting,
+                        opening=turn.role == "user" and state.customer_turns == 0) \
+            if backend.name == "scripted" and turn.examples else None
         # the scripted backend renders examples and never reads the prompt: skip building it
-        offline = backend.name == "scripted" and bool(turn.examples)
-        prompt = "" if offline else _instruction(turn, messages[1:], scenario)
+        offline = said is not None
+        prompt = "" if offline else _instruction(turn, messages[1:], state.values, state, specs, greeting, change)
         request = ChatRequest(
             system=system,
             messages=[Message(role="user", content=prompt)],
             sampling=sampling.model_copy(update={"seed": _mix(seed, i)}),
-            hints=RenderHints(node_id=turn.node_id, examples=turn.examples, variables=scenario),
+            hints=RenderHints(node_id=turn.node_id, examples=[said.template] if said else turn.examples,
+                              variables=state.values),
             cache_system=cache_system,
         )
         if before_call:
@@ -367,10 +438,64 @@ async def write_conversation(flow: Flow, path: list[str], scenario: dict[str, An
         text = clean_message(result.text)
         if not text:
             raise GenerationError(f"the generator wrote an empty message at node '{turn.node_id or 'reply'}'")
+        stated, asked = _observe(state, specs, turn, text, said, change)
+        stated_log.append(stated)
+        asked_log.append(asked)
+        retracted_log.append(list(said.retracted) if said is not None else [])
         messages.append({"role": turn.role, "content": text})
         nodes.append(turn.node_id)
-    meta = {"flow": flow.name, "path": path, "message_nodes": nodes, "scenario": scenario, "seed": seed}
+    meta = {"flow": flow.name, "path": path, "message_nodes": nodes, "scenario": scenario, "seed": seed,
+            "opening": "customer" if messages[1:] and messages[1]["role"] == "user" else "assistant",
+            "customer_first": opened_by_customer,  # the path's opening greeting was dropped
+            "facts_stated": stated_log, "facts_asked": asked_log, "facts_retracted": retracted_log,
+            "changes": state.history}  # variable -> its values in order (scenario's first)
     return Conversation(messages=messages, meta=meta, usage=usage)
+
+
+def _compose(flow: Flow, state: DialogueState, specs: dict[str, Any], turn: Turn, rng: random.Random,
+             persona: str, greeting: str, opening: bool) -> Said:
+    """The scripted turn written against the conversation state."""
+    node = flow.node(turn.node_id) if turn.node_id else None
+    if turn.role == "user":
+        nxt = flow.node(turn.next_agent) if turn.next_agent else None
+        return customer_turn(flow, state, specs, turn.examples, rng, node=node, next_agent=nxt, loops=turn.loops,
+                             persona=persona, opening=opening, implied=[h for h in turn.hubs if h in state.facts])
+    return assistant_turn(flow, state, specs, turn.examples, rng, node=node, greeting=greeting)
+
+
+def _llm_change(flow: Flow, state: DialogueState, turn: Turn, rng: random.Random) -> tuple[str, Any] | None:
+    """A model-written customer turn on a loop-back from a node that may change facts: pick the change
+    here, so the state (and every later instruction) carries the new value."""
+    if turn.role != "user" or not turn.loops or not turn.node_id:
+        return None
+    changeable = [c for c in flow.node(turn.node_id).changes if state.known(c)]
+    if not changeable or not turn.next_agent or not flow.node(turn.next_agent).gathers:
+        return None
+    name = rng.choice(changeable)
+    old = state.values[name]
+    new = new_value(flow, name, old, rng)
+    if new == old:
+        return None
+    state.change(name, new)
+    return name, old
+
+
+def _observe(state: DialogueState, specs: dict[str, Any], turn: Turn, text: str, said: Said | None,
+             change: tuple[str, Any] | None) -> tuple[list[str], list[str]]:
+    """Update the state from a written turn: what the customer stated, what the assistant asked/restated."""
+    facts = state.facts
+    if turn.role == "user":
+        if said is not None:
+            stated = said.stated
+            state.note_customer(stated, said.changed, said.retracted)
+            return [*stated, *(c for c in said.changed if c not in stated)], []
+        stated = stated_facts(text, state.values, facts) + [h for h in turn.hubs if h in facts]
+        state.note_customer(stated, [change[0]] if change else [])
+        return stated, []
+    asked = said.asked if said is not None else asked_facts(text, specs, facts)
+    restated = said.restated if said is not None else stated_facts(text, state.values, facts)
+    state.note_assistant(asked, restated, said.keep_rest if said is not None else False)
+    return [], asked
 
 
 def clean_message(text: str) -> str:
@@ -419,16 +544,11 @@ class _Run:
         # running alone at the end (longest-processing-time-first scheduling)
         for p in sorted(todo, key=lambda p: -len(p.path)):
             queue.put_nowait(p)
-        # In WAL mode synchronous=NORMAL still survives a killed process (commits are in the WAL
-        # before they return); only a power cut can drop the last few. It saves an fsync per
-        # conversation, which otherwise dominates offline generation (~10 ms each here).
-        sync = self.store.db.execute("pragma synchronous").fetchone()[0]
-        self.store.db.execute("pragma synchronous=NORMAL")
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(min(self.config.concurrency, len(todo)))]
         try:
-            await asyncio.gather(*workers)
+            with self.store.fast_writes():  # an fsync per conversation would dominate offline generation
+                await asyncio.gather(*workers)
         finally:
-            self.store.db.execute(f"pragma synchronous={int(sync)}")
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -449,7 +569,7 @@ class _Run:
                 conv = await write_conversation(
                     self.flow, plan.path, scenario, self.backend, _mix(plan.seed, plan.index, attempt, 1),
                     self.sampling, self.limiter, before_call=self._check_cap, after_call=self._charge,
-                    cache_system=self.config.cache_prompt,
+                    cache_system=self.config.cache_prompt, customer_first=self._customer_first(plan),
                 )
             except _CostCap:
                 self.stopped = f"stopped at the --max-cost cap of ${self.config.max_cost:.2f}"
@@ -466,6 +586,10 @@ class _Run:
             self._commit(plan, attempt, conv)
             return
 
+    def _customer_first(self, plan: SlotPlan) -> bool:
+        # by a hash of the slot, not the attempt: a retried slot keeps its opening
+        return _mix(plan.seed, plan.index, "customer_first") % 10_000 < round(self.config.customer_first * 10_000)
+
     def _check_cap(self) -> None:
         if self.config.max_cost is not None and self.spent >= self.config.max_cost:
             raise _CostCap()
@@ -479,27 +603,19 @@ class _Run:
     def _commit(self, plan: SlotPlan, attempt: int, conv: Conversation) -> None:
         c = cost(conv.usage, self.backend.model, self.backend.name)
         meta = conv.meta | {
-            "seed": plan.seed, "conversation_seed": conv.meta["seed"], "flow_version": self.flow_version, "split": plan.split, "slot": plan.slot, "attempt": attempt,
+            "seed": plan.seed, "conversation_seed": conv.meta["seed"], "flow_version": self.flow_version,
+            "split": plan.split, "slot": plan.slot, "attempt": attempt,
             "backend": self.backend.name, "model": self.backend.model,
             "usage": conv.usage.model_dump(), "cost_usd": round(c.usd, 6),
         }
-        # One autocommitted INSERT: the conversation is either fully stored or absent. OR IGNORE:
-        # a concurrent run that filled the same slot first wins, and we do not duplicate it.
-        cur = self.store.db.execute(
-            "insert or ignore into conversations (dataset_id, slot, split, messages, meta, created) values (?, ?, ?, ?, ?, ?)",
-            [self.ds_id, plan.slot, plan.split, json.dumps(conv.messages), json.dumps(meta), now()],
-        )
-        if cur.rowcount:
+        if self.store.add_conversation(self.ds_id, plan.slot, plan.split, conv.messages, meta):
             self.new += 1
             self.done += 1
         self._progress()
 
     def _record_failure(self, plan: SlotPlan, attempt: int, reason: str) -> None:
         self.failed += 1
-        self.store.db.execute(
-            "insert into generation_failures (dataset_id, slot, attempt, reason, created) values (?, ?, ?, ?, ?)",
-            [self.ds_id, plan.slot, attempt, reason[:2000], now()],
-        )
+        self.store.add_generation_failure(self.ds_id, plan.slot, attempt, reason)
         self._progress()
 
     def _progress(self, force: bool = False) -> None:
@@ -532,50 +648,26 @@ def _flow_version(store: Store, flow: Flow) -> int:
     """The stored version with exactly this content (any version, not only the head, so that
     `travel@3` or an old file does not move the studio's head); saved as a new one if none is."""
     digest = hashlib.sha256(json.dumps(flow.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    rows = list(store.db.query(
-        "select v.version from flow_versions v join flows f on f.id = v.flow_id where f.name = ? and v.hash = ? "
-        "order by v.version desc limit 1", [flow.name, digest]))
-    if rows:
-        return int(rows[0]["version"])
-    return store.save_flow(flow, message="used for generation")
+    version = store.flow_version_with_hash(flow.name, digest)
+    return version if version is not None else store.save_flow(flow, message="used for generation")
 
 
 def _dataset(store: Store, name: str, flow: Flow, version: int, config: GenerateConfig) -> int:
-    rows = list(store.db.query("select id, flow, flow_version from datasets where name = ?", [name]))
-    if rows:
-        r = rows[0]
+    r = store.dataset_row(name)
+    if r is not None:
         if r["flow"] != flow.name or r["flow_version"] != version:
             raise GenerationError(
                 f"dataset '{name}' holds conversations of flow '{r['flow']}' version {r['flow_version']}, "
-                f"not '{flow.name}' version {version}; pick another --dataset (or generate from {r['flow']}@{r['flow_version']})"
+                f"not '{flow.name}' version {version}; pick another --dataset "
+                f"(or generate from {r['flow']}@{r['flow_version']})"
             )
         return int(r["id"])
-    t = now()
-    with store.transaction() as db:
-        again = list(db.query("select id from datasets where name = ?", [name]))
-        if again:
-            return int(again[0]["id"])
-        return int(db.table("datasets").insert({  # type: ignore[arg-type]
-            "name": name, "flow": flow.name, "flow_version": version, "created": t, "updated": t, "target": 0,
-            "config": json.dumps(config.model_dump(mode="json")), "provenance": json.dumps(_provenance()),
-        }).last_pk)
+    return store.create_dataset(name, flow.name, version, config.model_dump(mode="json"), _provenance())
 
 
 def _seed_plan(store: Store, ds_id: int, flow: Flow, config: GenerateConfig, seed: int) -> list[SlotPlan]:
     """This seed's n slots, claiming (in a transaction) a new segment of slot numbers if needed."""
-    with store.transaction() as db:
-        segs = list(db.query("select slot_base, n from dataset_runs where dataset_id = ? and seed = ? order by id",
-                             [ds_id, seed]))
-        have = sum(s["n"] for s in segs)
-        if have < config.n:
-            end = list(db.query("select max(slot_base + n) as e from dataset_runs where dataset_id = ?", [ds_id]))
-            base = end[0]["e"] or 0
-            db.table("dataset_runs").insert({"dataset_id": ds_id, "seed": seed, "slot_base": base, "n": config.n - have,
-                                       "created": now()})
-            segs.append({"slot_base": base, "n": config.n - have})
-        target = list(db.query("select coalesce(sum(n), 0) as t from dataset_runs where dataset_id = ?", [ds_id]))
-        db.table("datasets").update(ds_id, {"target": target[0]["t"]})
-    slots = [s["slot_base"] + i for s in segs for i in range(s["n"])][: config.n]
+    slots = store.claim_slots(ds_id, seed, config.n)
     return _plan(flow, config, seed, slots)
 
 
@@ -642,7 +734,7 @@ def _check_examples(flow: Flow, plans: list[SlotPlan]) -> None:
 
 
 def _filled_slots(store: Store, ds_id: int) -> set[int]:
-    return {r["slot"] for r in store.db.query("select slot from conversations where dataset_id = ?", [ds_id])}
+    return store.filled_slots(ds_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -654,13 +746,20 @@ def _generator_system(flow: Flow) -> str:
                                    description=flow.description or flow.name)
 
 
-def _instruction(turn: Turn, history: list[dict[str, str]], scenario: dict[str, Any]) -> str:
+def _instruction(turn: Turn, history: list[dict[str, str]], scenario: dict[str, Any],
+                 state: DialogueState | None = None, specs: dict[str, Any] | None = None,
+                 greeting: str = "", change: tuple[str, Any] | None = None) -> str:
     speaker = SPEAKER[turn.role]
     lines = ["Scenario of this conversation:"]
     lines += [f"- {k}: {v}" for k, v in scenario.items()] or ["- (none)"]
     lines += ["", "Conversation so far:"]
-    lines += [f"{SPEAKER[m['role']].capitalize()}: {m['content']}" for m in history] or ["(nothing yet: this is the first message)"]
+    lines += ([f"{SPEAKER[m['role']].capitalize()}: {m['content']}" for m in history]
+              or ["(nothing yet: this is the first message)"])
+    if state is not None and state.facts:
+        lines += ["", *_facts_lines(turn, state, change)]
     lines += ["", f"Write the next message, spoken by the {speaker}."]
+    if greeting:
+        lines.append("The customer spoke first: greet them briefly, then answer what they said.")
     if turn.prompt:
         lines.append(f"What it must do: {render_template(turn.prompt, scenario)}")
     for c in turn.conditions:
@@ -669,6 +768,47 @@ def _instruction(turn: Turn, history: list[dict[str, str]], scenario: dict[str, 
         lines.append("Examples of such a message (for the idea; do not copy them):")
         lines += [f"- {render_template(e, scenario)}" for e in turn.examples[:5]]
     return "\n".join(lines)
+
+
+def _facts_lines(turn: Turn, state: DialogueState, change: tuple[str, Any] | None) -> list[str]:
+    """What the customer has said so far, so a model-written turn listens too."""
+    stated = state.stated_values()
+    lines = ["Facts the customer has stated so far (the agent knows these; never ask for them again):"]
+    lines += [f"- {k}: {v}" for k, v in stated.items()] or ["- (none yet)"]
+    missing = state.missing(state.facts)
+    if missing:
+        lines.append("Not stated yet: " + ", ".join(missing) + ".")
+    if state.asked and turn.role == "user":
+        lines.append("The agent just asked for: " + ", ".join(state.asked) + "; answer that.")
+    for name, old in state.changed.items():
+        lines.append(f"The customer changed {name} from {old} to {state.values[name]}; use the new value.")
+    if change is not None:
+        lines.append(f"In this message the customer changes their mind: {change[0]} is now {state.values[change[0]]} "
+                     f"instead of {change[1]}.")
+    return lines
+
+
+def _next_agent(flow: Flow, path: list[str], k: int) -> tuple[str | None, bool]:
+    """The next agent node after path[k], and whether going there loops back (it leads to path[k] again)."""
+    for j in range(k + 1, len(path)):
+        if flow.node(path[j]).role == "agent":
+            return path[j], _reaches(flow, path[j], path[k])
+    return None, False
+
+
+def _reaches(flow: Flow, source: str, target: str) -> bool:
+    # asked for every turn of every planned conversation: the nodes reachable from each source are
+    # found once per flow and kept on it (flows are immutable once built, as Flow.node_map assumes)
+    memo: dict[str, set[str]] = flow.__dict__.setdefault("_reachable", {})
+    if source not in memo:
+        seen, frontier = set(), [source]
+        while frontier:
+            cur = frontier.pop()
+            if cur not in seen:
+                seen.add(cur)
+                frontier.extend(e.target for e in flow.out_edges(cur))
+        memo[source] = seen
+    return target in memo[source]
 
 
 def _branch(flow: Flow, source: str, target: str | None) -> tuple[str | None, list[str]] | None:
@@ -692,13 +832,7 @@ def _mix(*parts: object) -> int:
 
 
 def _provenance() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        revision = rev.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        revision = None
-    return {"git_revision": revision, "created": now()}
+    return {"git_revision": git_revision(), "created": now()}
 
 
 def _tokens(text: str) -> int:

@@ -32,7 +32,8 @@ class ModelEntry(BaseModel):
         return self.meta.get("best_eval_loss")
 
 
-def register_model(name: str, path: str | Path, provenance: dict[str, Any] | None = None, store: Any = None) -> ModelEntry:
+def register_model(name: str, path: str | Path, provenance: dict[str, Any] | None = None,
+                   store: Any = None) -> ModelEntry:
     """Add or replace `name` (a re-compile into the same name replaces the entry, not the old files)."""
     from engine.store import Store, now
 
@@ -45,12 +46,7 @@ def register_model(name: str, path: str | Path, provenance: dict[str, Any] | Non
                        flow_version=prov.get("flow_version"),
                        dataset=dataset if isinstance(dataset, str | None) else ",".join(dataset), created=now(),
                        meta=prov)
-    st = store or Store(seed=False)
-    row = entry.model_dump()
-    row["meta"] = json.dumps(row["meta"])
-    with st.transaction() as db:
-        db.execute("delete from models where name = ?", [name])
-        db.table("models").insert(row)
+    (store or Store(seed=False)).put_model(entry.model_dump())
     return entry
 
 
@@ -58,14 +54,14 @@ def list_models(store: Any = None) -> list[ModelEntry]:
     from engine.store import Store
 
     st = store or Store(seed=False)
-    return [_entry(r) for r in st.db.query("select * from models order by created desc")]
+    return [_entry(r) for r in st.model_rows()]
 
 
 def get_model(name: str, store: Any = None) -> ModelEntry:
     from engine.store import Store
 
     st = store or Store(seed=False)
-    rows = list(st.db.query("select * from models where name = ?", [name]))
+    rows = st.model_rows(name)
     if not rows:
         known = ", ".join(m.name for m in list_models(st)) or "none"
         raise TrainingError(f"no model named '{name}' in the registry (known: {known}); `subterra models` lists them")
@@ -75,7 +71,6 @@ def get_model(name: str, store: Any = None) -> ModelEntry:
 def _entry(row: dict[str, Any]) -> ModelEntry:
     row = dict(row)
     row.pop("id", None)
-    row["meta"] = json.loads(row.get("meta") or "{}")
     return ModelEntry(**row)
 
 
@@ -84,4 +79,5 @@ def _read_provenance(path: Path) -> dict[str, Any]:
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
     except ValueError:
-        raise TrainingError(f"{f} is not valid JSON; restore it or delete it to register the model without provenance") from None
+        raise TrainingError(
+            f"{f} is not valid JSON; restore it or delete it to register the model without provenance") from None

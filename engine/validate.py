@@ -6,13 +6,14 @@ ordered errors first, then warnings, each group in the order the checks run (flo
 Errors (the flow cannot be compiled as it is):
     no-nodes, missing-start, unknown-start, blank-id, duplicate-node, duplicate-edge, dangling-edge,
     no-terminal, unreachable, trap, dead-end, terminal-has-exits, hub-too-few-branches,
-    hub-branch-no-condition, undefined-placeholder, empty-prompt
+    hub-branch-no-condition, undefined-placeholder, empty-prompt, placeholder-prompt
 Warnings (it compiles, but probably not as meant):
     branch-no-condition, parallel-edges, missing-outcome, no-examples, unused-variable, no-system-prompt
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -22,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.flow import Edge, Flow, Node, placeholders
 
 Severity = Literal["error", "warning"]
+
+PLACEHOLDER_PREFIX = "TODO:"
+"""How a prompt an importer could not know starts (LangGraph and Mermaid hold none); it is an error until
+someone writes the real instruction."""
+_PLACEHOLDER_PROMPT = re.compile(r"\s*TODO\b", re.I)
 
 
 class Problem(BaseModel):
@@ -156,6 +162,10 @@ def _texts(flow: Flow) -> Iterator[Problem]:
         if n.speaks and not n.prompt.strip():
             yield _err("empty-prompt", f"This {n.role} node has an empty prompt; write the instruction the "
                        "generator follows at this turn.", n.id)
+        elif n.speaks and _PLACEHOLDER_PROMPT.match(n.prompt):
+            yield _err("placeholder-prompt", f"This {n.role} node's prompt is a placeholder "
+                       f"('{n.prompt.strip()[:60]}'); replace it with the instruction the generator follows at this "
+                       "turn.", n.id)
         if n.speaks and not n.examples:
             yield _warn("no-examples", f"This {n.role} node has no example utterances, so the offline generator "
                         "cannot render it; add one or two examples.", n.id)
@@ -168,6 +178,7 @@ def _texts(flow: Flow) -> Iterator[Problem]:
             yield from _undefined(text, defined, f"the {where} of edge '{e.id}'", edge=e.id)
     used.update(placeholders(flow.system_prompt))
     yield from _undefined(flow.system_prompt, defined, "the system prompt")
+    yield from _dialogue_fields(flow, defined, used)
     for name in flow.variables:
         if name not in used:
             yield _warn("unused-variable", f"The variable '{name}' is not used by any prompt or example; use it "
@@ -175,6 +186,35 @@ def _texts(flow: Flow) -> Iterator[Problem]:
     if not flow.system_prompt.strip():
         yield _warn("no-system-prompt", "The flow has no system prompt for the compiled agent; add one short line "
                     "such as 'You are a helpful travel booking assistant.'")
+
+
+def _dialogue_fields(flow: Flow, defined: set[str], used: set[str]) -> Iterator[Problem]:
+    """The optional conversation-state fields: nodes' gathers/confirms/changes, variables' ask/state."""
+    for n in _unique_nodes(flow):
+        for fname in ("gathers", "confirms", "changes"):
+            names = getattr(n, fname)
+            used.update(names)
+            for name in names:
+                if name not in defined:
+                    yield _err("unknown-dialogue-variable", f"`{fname}` of node '{n.id}' names '{name}', which is "
+                               "not a variable; add it to `variables` or fix the spelling.", n.id)
+            if names and not n.speaks:
+                yield _warn("dialogue-field-unused", f"`{fname}` has no effect on a {n.role} node; move it to the "
+                            "agent or user turn that asks, states or restates these facts.", n.id)
+        if n.changes and n.role != "user":
+            yield _warn("changes-not-user", "`changes` is read on customer turns only (a change of plan is the "
+                        "customer's); move it to the user node whose loop-back changes the facts.", n.id)
+        if n.confirms and n.role != "agent":
+            yield _warn("confirms-not-agent", "`confirms` is read on assistant turns only; move it to the agent "
+                        "node that restates these facts.", n.id)
+    for name, var in flow.variables.items():
+        for i, text in enumerate(var.ask):
+            yield from _undefined(text, defined, f"ask {i + 1} of variable '{name}'")
+        for i, text in enumerate(var.state):
+            yield from _undefined(text, defined, f"state {i + 1} of variable '{name}'")
+            if name not in placeholders(text):
+                yield _warn("state-without-value", f"State {i + 1} of variable '{name}' ({text!r}) does not "
+                            f"contain {{{name}}}, so the customer would not say the value; add {{{name}}}.")
 
 
 # ----------------------------------------------------------------------------------------------

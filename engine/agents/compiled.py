@@ -54,7 +54,8 @@ class CompiledAgent:
                  backend: Backend | None = None, **local_options: Any):
         self.model_dir = check_model_dir(model_dir)
         manifest = read_manifest(self.model_dir)
-        self.system_prompt: str = manifest.get("system_prompt") or (flow.system_prompt if flow else "") or ""
+        trained_with = manifest.get("system_prompt") or (manifest.get("config") or {}).get("system_prompt")
+        self.system_prompt: str = trained_with or (flow.system_prompt if flow else "") or ""
         self.flow_name: str | None = manifest.get("flow") or (flow.name if flow else None)
         self.spec = spec or f"compiled:{self.model_dir}"
         self.sampling = sampling or Sampling(temperature=0.7, max_tokens=256)

@@ -86,8 +86,8 @@ class LangGraphSession:
                             "decisions": []}
         final: dict[str, Any] = dict(state)
         ttft: float | None = None
-        async for mode, chunk in self.agent.graph.astream(state, stream_mode=["custom", "values"],
-                                                          config={"recursion_limit": 4 * len(self.agent.flow.nodes) + 10}):
+        limit = {"recursion_limit": 4 * len(self.agent.flow.nodes) + 10}
+        async for mode, chunk in self.agent.graph.astream(state, stream_mode=["custom", "values"], config=limit):
             if mode == "custom" and chunk.get("delta"):
                 ttft = ttft if ttft is not None else time.perf_counter() - t0
                 yield AgentDelta(delta=chunk["delta"])

@@ -1,5 +1,7 @@
 """LLM backends, one module each, registered by name in `engine.backends.base`."""
 
+# The built-in backends register themselves through the same `register` path a third-party one uses.
+from engine.backends import anthropic, local, openai, scripted  # noqa: E402, F401
 from engine.backends.base import (  # noqa: F401
     Backend,
     ChatRequest,
@@ -13,11 +15,3 @@ from engine.backends.base import (  # noqa: F401
     get_backend,
     register,
 )
-
-# Built-in backends register themselves on import (added by their modules as they land).
-for _mod in ("scripted", "anthropic", "openai", "local"):
-    try:
-        __import__(f"engine.backends.{_mod}")
-    except ModuleNotFoundError as _e:  # a module not written yet, not a missing dependency
-        if _e.name != f"engine.backends.{_mod}":
-            raise

@@ -9,18 +9,17 @@ The system prompt is sent as a block with `cache_control`, so the stable prefix 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import ChatRequest, ChatResult, StreamEvent, Usage, register
-from engine.backends.retry import Retryable, RetryPolicy, SDKErrors, parse_retry_after, with_retries
+from engine.backends.retry import RetryPolicy, SDKErrors, with_retries
 from engine.errors import BackendResponseError, BackendUnavailableError
 
 if TYPE_CHECKING:
-    import anthropic
+    pass
 
 
 def _sdk() -> Any:
@@ -43,6 +42,9 @@ class AnthropicBackend(SDKErrors):
     key_env = "ANTHROPIC_API_KEY"
     load_sdk = staticmethod(_sdk)
     name = "anthropic"
+
+    def status_message(self, e: Any) -> str:
+        return _message(e)
 
     def __init__(self, model: str | None = None, base_url: str | None = None, timeout: float = 120.0,
                  sdk_retries: int = 2, retry: RetryPolicy | None = None, **_: Any):
@@ -67,7 +69,7 @@ class AnthropicBackend(SDKErrors):
             return ChatResult(text=text, usage=_usage(msg.usage), model=msg.model or self.model, backend=self.name,
                               latency_s=time.perf_counter() - t0, finish_reason=msg.stop_reason)
 
-        return await with_retries(once, classify, self.retry, translate=self.translate)
+        return await with_retries(once, self.classify, self.retry, translate=self.translate)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         # Retry only until the response starts: after the first delta the caller has shown text.
@@ -76,7 +78,7 @@ class AnthropicBackend(SDKErrors):
         parts: list[str] = []
         usage, stop, model = Usage(), None, self.model
         kw = self._kwargs(request) | {"stream": True}
-        events = await with_retries(lambda: self.client.messages.create(**kw), classify, self.retry,
+        events = await with_retries(lambda: self.client.messages.create(**kw), self.classify, self.retry,
                                     translate=self.translate)
         async for ev in events:
             if ev.type == "message_start":
@@ -120,29 +122,7 @@ def _usage(u: Any) -> Usage:
                  cache_write_tokens=getattr(u, "cache_creation_input_tokens", None) or 0)
 
 
-def classify(e: BaseException) -> Retryable | None:
-    """Which failures are worth another try (rate limits, overload, 5xx, timeouts, garbage)."""
-    anthropic = _sdk()
-    if isinstance(e, anthropic.APIStatusError):
-        status = e.status_code
-        if status == 429 or status == 408 or status == 409 or status >= 500:
-            headers = e.response.headers
-            ms = parse_retry_after(headers.get("retry-after-ms"))
-            wait = ms / 1000 if ms is not None else parse_retry_after(headers.get("retry-after"))
-            return Retryable(f"Anthropic API answered {status} ({_message(e)})", wait)
-        return None
-    if isinstance(e, anthropic.APITimeoutError):
-        return Retryable("the Anthropic API timed out")
-    if isinstance(e, anthropic.APIConnectionError):
-        return Retryable(f"cannot reach the Anthropic API ({e.__cause__ or e})", unreachable=True)
-    if isinstance(e, json.JSONDecodeError | anthropic.APIResponseValidationError):
-        return Retryable("the Anthropic API sent a malformed reply")
-    if isinstance(e, BackendResponseError):
-        return Retryable(str(e))
-    return None
-
-
-def _message(e: anthropic.APIStatusError) -> str:
+def _message(e: Any) -> str:
     body = e.body if isinstance(e.body, dict) else {}
     err = body.get("error")
     err = err if isinstance(err, dict) else {}

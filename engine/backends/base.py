@@ -90,11 +90,15 @@ class Backend(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
+_ON_THIS_MACHINE: set[str] = set()
 
 
-def register(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+def register(name: str, local: bool = False) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    """Register a backend factory by name; `local=True` for backends that run on this machine (no API bill)."""
     def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:
         _REGISTRY[name] = factory
+        if local:
+            _ON_THIS_MACHINE.add(name)
         return factory
 
     return deco
@@ -113,3 +117,10 @@ def backend_names() -> list[str]:
     import engine.backends  # noqa: F401
 
     return sorted(_REGISTRY)
+
+
+def is_local_backend(name: str) -> bool:
+    """True for backends that run on this machine (scripted, local): they have no per-token price."""
+    import engine.backends  # noqa: F401
+
+    return name in _ON_THIS_MACHINE

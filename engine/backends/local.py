@@ -37,7 +37,7 @@ def _cache_kw() -> str:
     return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
-@register("local")
+@register("local", local=True)
 class LocalBackend:
     """Backend protocol on a local transformers model (see module docstring)."""
 
@@ -54,17 +54,25 @@ class LocalBackend:
         env_threads = os.environ.get("SUBTERRA_TORCH_THREADS")
         self.threads = threads or (int(env_threads) if env_threads and env_threads.isdigit() else None)
         self.last_prefix_hit = 0  # tokens of the last prompt served from the KV cache (for benchmarks)
+        self._running: set[threading.Event] = set()  # cancel flags of this backend's generations
 
     # -- protocol -------------------------------------------------------------------------------
     async def complete(self, request: ChatRequest) -> ChatResult:
         loaded = await asyncio.to_thread(self.loaded)
-        return await asyncio.to_thread(self._generate, loaded, request, None, None)
+        cancel = threading.Event()
+        self._running.add(cancel)
+        try:
+            return await asyncio.to_thread(self._generate, loaded, request, None, cancel)
+        finally:
+            cancel.set()  # the caller was cancelled (client gone, shutdown): stop at the next token
+            self._running.discard(cancel)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         loaded = await asyncio.to_thread(self.loaded)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | ChatResult | BaseException] = asyncio.Queue()
         cancel = threading.Event()
+        self._running.add(cancel)
 
         def push(item: str | ChatResult | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -89,9 +97,15 @@ class LocalBackend:
                     yield StreamEvent(delta=item)
         finally:
             cancel.set()  # the consumer went away: stop generating at the next token
+            self._running.discard(cancel)
+
+    def cancel_all(self) -> None:
+        """Stop every running generation at its next token (a server shutting down). Signal-handler safe."""
+        for flag in list(self._running):
+            flag.set()
 
     async def aclose(self) -> None:
-        """Models stay cached for the process; use `unload_models()` to free them."""
+        """Models stay cached for the process (one load serves every backend of the same model)."""
 
     # -- loading --------------------------------------------------------------------------------
     def loaded(self) -> _Loaded:
@@ -100,6 +114,11 @@ class LocalBackend:
     def render_prompt(self, request: ChatRequest) -> list[int]:
         """Token ids of the chat-templated prompt, ending with the assistant header."""
         return _prompt_ids(self.loaded().tokenizer, request)
+
+    def context_length(self) -> int:
+        """The most tokens (prompt + reply) the model attends to."""
+        config = self.loaded().model.config
+        return int(getattr(config, "max_position_embeddings", None) or self.loaded().tokenizer.model_max_length)
 
     # -- generation (worker thread) -------------------------------------------------------------
     def _generate(self, loaded: _Loaded, request: ChatRequest, push: Any, cancel: threading.Event | None
@@ -122,18 +141,22 @@ class LocalBackend:
         if push is not None:
             streamer = _PushStreamer(tok, push)
             kwargs["streamer"] = streamer
-        if cancel is not None:
-            flag = cancel
+        flag = cancel or threading.Event()
+        lock = loaded.lock
 
-            class _Cancelled(StoppingCriteria):
-                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                    return torch.full((input_ids.shape[0],), flag.is_set(), dtype=torch.bool,
-                                      device=input_ids.device)
+        class _Turn(StoppingCriteria):
+            """Between tokens: stop when cancelled; after a time slice, let a waiting request run (round robin)."""
 
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                lock.share_turn()
+                return torch.full((input_ids.shape[0],), flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_Turn()])
 
         t0 = time.perf_counter()
         with loaded.lock:  # one generation per model at a time; torch already uses every core
+            if flag.is_set():  # the caller went away while waiting for its turn
+                raise BackendResponseError("generation cancelled before it started")
             if s.seed is not None:
                 torch.manual_seed(s.seed)
             cache, hit = loaded.take_prefix(ids) if self.prefix_cache else (None, 0)
@@ -171,7 +194,7 @@ class _Loaded:
     model: Any
     tokenizer: Any
     path: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: _FairLock = field(default_factory=lambda: _FairLock())
     prefixes: list[tuple[list[int], Any]] = field(default_factory=list)  # (token ids in cache, cache)
 
     def take_prefix(self, ids: list[int]) -> tuple[Any, int]:
@@ -207,7 +230,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", threads: i
     """Load (once per process) a causal LM and its tokenizer; `model` as for `LocalBackend`."""
     import torch
 
-    from engine.bundled import resolve_base_model
+    from engine.base_model import resolve_base_model
 
     path = resolve_base_model(model)
     if Path(path).expanduser().is_dir():
@@ -228,11 +251,6 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", threads: i
         return _MODELS[key]
 
 
-def unload_models() -> None:
-    with _MODELS_LOCK:
-        _MODELS.clear()
-
-
 def _load(path: str, device: str, dtype: str, name: str) -> _Loaded:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -247,7 +265,7 @@ def _load(path: str, device: str, dtype: str, name: str) -> _Loaded:
             "and weights, or smollm2-135m for the bundled model (no model hub is reachable offline)"
         ) from e
     if tok.chat_template is None:
-        from engine.bundled import CHATML_TEMPLATE
+        from engine.base_model import CHATML_TEMPLATE
 
         tok.chat_template = CHATML_TEMPLATE
     if tok.pad_token_id is None:
@@ -267,10 +285,74 @@ def _pick_dtype(device: str) -> str:
 
 # -- helpers -------------------------------------------------------------------------------------
 def _prompt_ids(tok: Any, request: ChatRequest) -> list[int]:
+    """The prompt's ids; message content is tokenized as text, never as control tokens (no forged turns)."""
+    from engine.chat_template import TemplateError, encode_chat
+
     msgs: list[Message] = ([Message(role="system", content=request.system)] if request.system else [])
     msgs += request.messages
-    text = tok.apply_chat_template([m.model_dump() for m in msgs], add_generation_prompt=True, tokenize=False)
-    return list(tok(text, add_special_tokens=False)["input_ids"])
+    try:
+        return encode_chat(tok, [m.model_dump() for m in msgs], add_generation_prompt=True)[0]
+    except TemplateError:
+        raise BackendResponseError("this model's chat template does not print message content verbatim, so it "
+                                   "cannot be served safely; use a model with a ChatML-like template") from None
+
+
+class _FairLock:
+    """A lock granted in arrival order, shared in time slices so one long generation never starves the others.
+
+    The holder calls `share_turn()` between tokens: once it has held the lock for `slice_s` and another
+    generation is waiting, it goes to the back of the queue (its RNG state saved and restored, so a
+    seeded reply is the same whether or not it was interleaved).
+    """
+
+    def __init__(self, slice_s: float = 0.5) -> None:
+        self._cond = threading.Condition()
+        self._next = 0  # the ticket to hand out
+        self._serving = 0  # the ticket allowed in
+        self._since = 0.0
+        self._abandoned: set[int] = set()
+        self.slice_s = slice_s
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for this caller's turn (at most `timeout` seconds: then give the turn up and return False)."""
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            if not self._cond.wait_for(lambda: self._serving == ticket, timeout=timeout):
+                self._abandoned.add(ticket)
+                self._advance(0)
+                return False
+            self._since = time.monotonic()
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._advance(1)
+
+    def _advance(self, by: int) -> None:
+        self._serving += by
+        while self._serving in self._abandoned:  # turns given up by callers that stopped waiting
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def share_turn(self) -> None:
+        with self._cond:
+            waiting = self._next - self._serving - 1 - len(self._abandoned)
+        if waiting <= 0 or time.monotonic() - self._since < self.slice_s:
+            return
+        import torch
+
+        state = torch.get_rng_state()
+        self.release()
+        self.acquire()
+        torch.set_rng_state(state)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -8,14 +8,13 @@ placeholder for local servers that need none; it is never stored or logged.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import ChatRequest, ChatResult, StreamEvent, Usage, register
-from engine.backends.retry import Retryable, RetryPolicy, SDKErrors, parse_retry_after, with_retries
+from engine.backends.retry import RetryPolicy, SDKErrors, with_retries
 from engine.errors import BackendResponseError, BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -61,11 +60,12 @@ class OpenAIBackend(SDKErrors):
             r = await self.client.chat.completions.create(**self._kwargs(request))
             if not r.choices or not (r.choices[0].message.content or "").strip():
                 raise BackendResponseError(f"{self.model} returned an empty reply")
-            return ChatResult(text=r.choices[0].message.content or "", usage=_usage(r.usage), model=r.model or self.model,
+            return ChatResult(text=r.choices[0].message.content or "", usage=_usage(r.usage),
+                              model=r.model or self.model,
                               backend=self.name, latency_s=time.perf_counter() - t0,
                               finish_reason=r.choices[0].finish_reason)
 
-        return await with_retries(once, classify, self.retry, translate=self.translate)
+        return await with_retries(once, self.classify, self.retry, translate=self.translate)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         await self._resolve_model()
@@ -74,7 +74,8 @@ class OpenAIBackend(SDKErrors):
         parts: list[str] = []
         usage, finish, model = Usage(), None, self.model
         kw = self._kwargs(request) | {"stream": True, "stream_options": {"include_usage": True}}
-        chunks = await with_retries(lambda: self.client.chat.completions.create(**kw), classify, self.retry, translate=self.translate)
+        chunks = await with_retries(lambda: self.client.chat.completions.create(**kw), self.classify, self.retry,
+                                    translate=self.translate)
         async for c in chunks:
             model = c.model or model
             if c.usage:
@@ -98,7 +99,8 @@ class OpenAIBackend(SDKErrors):
         try:
             served = [m.id async for m in self.client.models.list()]
         except _sdk().OpenAIError as e:
-            raise BackendUnavailableError(f"cannot reach the OpenAI-compatible server at {self.base_url} ({e})") from None
+            raise BackendUnavailableError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url} ({e})") from None
         if len(served) != 1:
             raise BackendUnavailableError(
                 f"no model chosen; pass --model or set {MODEL_ENV} (the server offers: {', '.join(served) or 'none'})"
@@ -128,22 +130,3 @@ def _usage(u: Any) -> Usage:
                  cache_read_tokens=cached)
 
 
-def classify(e: BaseException) -> Retryable | None:
-    openai = _sdk()
-    if isinstance(e, openai.APIStatusError):
-        status = e.status_code
-        if status in (408, 409, 429) or status >= 500:
-            headers = e.response.headers
-            ms = parse_retry_after(headers.get("retry-after-ms"))
-            wait = ms / 1000 if ms is not None else parse_retry_after(headers.get("retry-after"))
-            return Retryable(f"the OpenAI-compatible server answered {status} ({str(e.message)[:200]})", wait)
-        return None
-    if isinstance(e, openai.APITimeoutError):
-        return Retryable("the OpenAI-compatible server timed out")
-    if isinstance(e, openai.APIConnectionError):
-        return Retryable(f"cannot reach the OpenAI-compatible server ({e.__cause__ or e})", unreachable=True)
-    if isinstance(e, json.JSONDecodeError | openai.APIResponseValidationError):
-        return Retryable("the OpenAI-compatible server sent a malformed reply")
-    if isinstance(e, BackendResponseError):
-        return Retryable(str(e))
-    return None

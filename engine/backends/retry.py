@@ -9,6 +9,7 @@ tries again with exponential backoff and jitter, honouring `retry-after` when it
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -121,6 +122,31 @@ class SDKErrors:
                 f"cannot reach {self.service} at {self.base_url or 'the default endpoint'} ({e.__cause__ or e}); "
                 "check --base-url and that the server is running"
             ) from None
+
+    def classify(self, e: BaseException) -> Retryable | None:
+        """Which failures are worth another try (rate limits, overload, 5xx, timeouts, garbage)."""
+        sdk = self.load_sdk()
+        if isinstance(e, sdk.APIStatusError):
+            status = e.status_code
+            if status in (408, 409, 429) or status >= 500:
+                headers = e.response.headers
+                ms = parse_retry_after(headers.get("retry-after-ms"))
+                wait = ms / 1000 if ms is not None else parse_retry_after(headers.get("retry-after"))
+                return Retryable(f"{self.service} answered {status} ({self.status_message(e)})", wait)
+            return None
+        if isinstance(e, sdk.APITimeoutError):
+            return Retryable(f"{self.service} timed out")
+        if isinstance(e, sdk.APIConnectionError):
+            return Retryable(f"cannot reach {self.service} ({e.__cause__ or e})", unreachable=True)
+        if isinstance(e, json.JSONDecodeError | sdk.APIResponseValidationError):
+            return Retryable(f"{self.service} sent a malformed reply")
+        if isinstance(e, BackendResponseError):
+            return Retryable(str(e))
+        return None
+
+    def status_message(self, e: Any) -> str:
+        """The server's own words from an `APIStatusError`, short."""
+        return str(e.message)[:200]
 
     def translate(self, e: BaseException) -> BaseException | None:
         """An SDK error that retrying will not fix, as a message that says what to do."""

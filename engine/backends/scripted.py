@@ -22,12 +22,12 @@ from engine.flow import placeholders, render_template
 _WORD = re.compile(r"\S+")
 
 
-@register("scripted")
+@register("scripted", local=True)
 class ScriptedBackend:
     name = "scripted"
 
-    def __init__(self, model: str | None = None, fallback: str | None = None, fallback_options: dict[str, Any] | None = None,
-                 **_: Any):
+    def __init__(self, model: str | None = None, fallback: str | None = None,
+                 fallback_options: dict[str, Any] | None = None, **_: Any):
         self.model = "scripted"
         self.fallback_name = fallback
         self.fallback_options = dict(fallback_options or {}) | ({"model": model} if model else {})

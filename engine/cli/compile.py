@@ -7,7 +7,11 @@ from typing import Any
 
 import click
 
+from engine.cli.options import config_values, options_from
+from engine.cli.ray_compile import compile_on_ray, ray_options
 from engine.errors import TrainingError
+from engine.flow import name_problem
+from engine.train.config import TrainConfig
 
 
 def register(cli: click.Group) -> None:
@@ -16,37 +20,25 @@ def register(cli: click.Group) -> None:
     cli.add_command(bundle_group)
 
 
+TRAINING_FIELDS = ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_len", "eval_every", "patience",
+                   "precision", "optimizer", "gradient_checkpointing", "seed")
+
+
 def _training_options(fn: Any) -> Any:
-    """The options `compile` and `bundle export` share."""
-    options = [
-        click.argument("flow_ref", metavar="FLOW"),
-        click.option("--dataset", default=None, help="Stored dataset to train on (from `subterra generate`)."),
-        click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False), help="JSONL file(s) of conversations."),
-        click.option("--base", default="smollm2-135m", show_default=True, help="smollm2-135m, a model directory or a hub id."),
-        click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True),
-        click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-5, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Conversations per micro-batch (packed, no padding)."),
-        click.option("--grad-accum", type=click.IntRange(min=1), default=4, show_default=True),
-        click.option("--max-len", type=click.IntRange(min=16), default=2048, show_default=True),
-        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Also evaluate every N steps."),
-        click.option("--patience", type=click.IntRange(min=0), default=3, show_default=True,
-                     help="Early stop after N evals without improvement (0: never)."),
-        click.option("--precision", type=click.Choice(("auto", "bf16", "fp32")), default="auto", show_default=True),
-        click.option("--optimizer", type=click.Choice(("adamw", "adamw8bit")), default="adamw", show_default=True),
-        click.option("--gradient-checkpointing", is_flag=True),
-        click.option("--seed", type=int, default=42, show_default=True),
-        click.option("--name", default=None, help="Registry name (default: the flow's name)."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
+    """The options `compile` and `bundle export` share: the data, the base, and TrainConfig's own fields."""
+    fn = options_from(TrainConfig, *TRAINING_FIELDS, "name",
+                      helps={"name": "Registry name of the compiled model (default: the flow's name).",
+                             "max_steps": "Stop after N optimizer steps (overrides --epochs)."})(fn)
+    fn = options_from(TrainConfig, "base")(fn)
+    fn = _preset_option(fn)
+    fn = click.option("--data", "data", multiple=True, type=click.Path(dir_okay=False),
+                      help="JSONL file(s) of conversations.")(fn)
+    fn = click.option("--dataset", default=None, help="Stored dataset to train on (from `subterra generate`).")(fn)
+    return click.argument("flow_ref", metavar="FLOW")(fn)
 
 
 def _config(flow_ref: str, out: Path | None, **o: Any) -> Any:
     from engine.store import Store, data_dir, load_flow
-    from engine.train import TrainConfig
 
     if not o["dataset"] and not o["data"]:
         raise TrainingError("say what to train on: --dataset NAME (see `subterra datasets list`) or --data FILE.jsonl")
@@ -55,26 +47,47 @@ def _config(flow_ref: str, out: Path | None, **o: Any) -> Any:
     name, _, ver = flow_ref.partition("@")
     version = int(ver) if ver.isdigit() else (store.flow_version(flow.name) if store.has_flow(flow.name) else None)
     model_name = o["name"] or flow.name
-    return TrainConfig(
-        out=str(out or data_dir() / "models" / model_name), base=o["base"], data=[str(Path(p).resolve()) for p in o["data"]],
-        dataset=o["dataset"], flow=flow.name, flow_version=version, system_prompt=flow.system_prompt or None,
-        name=model_name, epochs=o["epochs"], max_steps=o["max_steps"], lr=o["lr"], batch_size=o["batch_size"],
-        grad_accum=o["grad_accum"], max_len=o["max_len"], eval_every=o["eval_every"], patience=o["patience"] or None,
-        precision=o["precision"], optimizer=o["optimizer"], gradient_checkpointing=o["gradient_checkpointing"],
-        seed=o["seed"], deepspeed=o.get("deepspeed"), gpus=o.get("gpus") or 0,
-    )
+    problem = name_problem(model_name)  # the name becomes the output folder under the data dir
+    if problem:
+        raise TrainingError(f"model {problem}; pass --name NAME" if not o["name"] else f"--name: {problem}")
+    values = {**_with_preset(o), "name": model_name, "data": [str(Path(p).resolve()) for p in o["data"]],
+              "gpus": o.get("gpus") or 0}
+    return TrainConfig(out=str(out or data_dir() / "models" / model_name), flow=flow.name, flow_version=version,
+                       system_prompt=flow.system_prompt or None, **values)
+
+
+def _preset_option(fn: Any) -> Any:
+    from engine.train.presets import PRESETS
+
+    names = ", ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
+    return click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+                        help=f"Training recipe; explicit flags override it (default: quick on CPU, standard "
+                        f"on GPU). {names}.")(fn)
+
+
+def _with_preset(o: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig values: the preset's, except for every flag given on the command line."""
+    from click.core import ParameterSource
+
+    from engine.train.presets import apply_preset
+
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    explicit = {k for k in o if ctx.get_parameter_source(k) in given}
+    preset = o.get("preset") or ("standard" if o.get("deepspeed") else None)  # a GPU bundle: not the CPU default
+    return apply_preset(preset, config_values(o, TrainConfig), explicit)
 
 
 @click.command("compile")
 @_training_options
-@click.option("--deepspeed", type=click.Choice(("zero3",)), default=None, help="Train under DeepSpeed ZeRO-3.")
-@click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
-              help="GPUs per node for --deepspeed (0: CPU ranks on the gloo backend).")
+@options_from(TrainConfig, "deepspeed", "gpus")
 @click.option("--nprocs", type=click.IntRange(min=1), default=2, show_default=True, help="CPU ranks when --gpus is 0.")
-@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), default=None, help="Nodes for a multi-node run.")
+@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Nodes for a multi-node run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model directory (default: <data dir>/models/NAME).")
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
+@ray_options
 def compile_cmd(flow_ref: str, out: Path | None, resume: bool, nprocs: int, hostfile: str | None, **o: Any) -> None:
     """Fine-tune a base model (all parameters) on FLOW's conversations; writes a Hugging Face model dir."""
     cfg = _config(flow_ref, out, **o)
@@ -84,14 +97,20 @@ def compile_cmd(flow_ref: str, out: Path | None, resume: bool, nprocs: int, host
         raise TrainingError(f"{out_dir} holds an unfinished run; add --resume to continue it, or pick another --out")
     if not pending and (out_dir / "config.json").is_file():
         raise TrainingError(f"{out_dir} already holds a compiled model; pick another --out (or --name) or delete it")
+    if o.pop("target") == "ray":  # returns at once: the job follows the Ray job
+        compile_on_ray(cfg, o)
+        return
     if o["deepspeed"]:
-        from engine.distributed import describe, launch
+        from engine.train.distributed import describe, launch
 
         click.echo(describe(cfg, nprocs), err=True)
         launch(cfg, nprocs=nprocs, hostfile=hostfile)
     else:
-        from engine.train import compile_model
+        from engine.train.loop import compile_model
+        from engine.train.presets import make_plan
 
+        for line in make_plan(cfg).lines():
+            click.echo(line, err=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
         compile_model(cfg)
@@ -128,7 +147,7 @@ def bundle_group() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle folder to write.")
 def bundle_export(flow_ref: str, out: Path, gpus: int, hosts: tuple[str, ...], no_base: bool, **o: Any) -> None:
     """Write data, config and the exact launch command for FLOW into a folder."""
-    from engine.bundle import export_bundle, launch_line
+    from engine.train.bundle import export_bundle, launch_line
 
     cfg = _config(flow_ref, out / "output", gpus=gpus, deepspeed="zero3", **o)
     export_bundle(cfg, out, gpus=gpus, hosts=list(hosts), include_base=not no_base)
@@ -140,7 +159,7 @@ def bundle_export(flow_ref: str, out: Path, gpus: int, hosts: tuple[str, ...], n
 @click.option("--name", default=None, help="Registry name (default: the one in its subterra.json).")
 def bundle_import(path: str, name: str | None) -> None:
     """Register a model trained from a bundle (its output/ folder, or the bundle itself)."""
-    from engine.bundle import import_model
+    from engine.train.bundle import import_model
 
     entry = import_model(path, name)
     click.echo(f"imported {entry.name} → {entry.path}")

@@ -13,8 +13,10 @@ from pathlib import Path
 import click
 
 from engine.diff import diff_flows
-from engine.errors import FlowFileError
-from engine.formats import FORMATS, dump_flow, load_flow_file
+from engine.errors import FlowFileError, StoreError, VersionConflictError
+from engine.flow import Flow, name_problem
+from engine.formats import DEFAULT_TIMEOUT, FORMATS, IMPORT_FORMATS, dump_flow, export_flow, import_file
+from engine.interop.outcomes import RULE, parse_kind
 from engine.paths import coverage_paths, decision_hubs, path_stats, sample_paths
 from engine.store import Store, load_flow
 from engine.validate import has_errors, validate
@@ -95,38 +97,113 @@ def paths_cmd(flow_ref: str, max_visits: int, n_sample: int, coverage: int, weig
 
 @click.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["auto", "agent2model", "json", "yaml"]), default="auto",
-              show_default=True, help="Format of FILE.")
+@click.option("--format", "fmt", type=click.Choice(["auto", *IMPORT_FORMATS]), default="auto", show_default=True,
+              help="Format of FILE (auto: .py is langgraph, .mmd or a `flowchart` first line is mermaid, "
+                   "a map of nodes is agent2model, else native JSON/YAML).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the native flow here (.json or .yaml); without it, save the flow in the store.")
-def import_cmd(file: str, fmt: str, output: str | None) -> int:
-    """Read FILE (e.g. an agent2model YAML) into a native flow file or the store."""
-    flow = load_flow_file(file, fmt=None if fmt == "auto" else fmt)
+@click.option("--name", "new_name", help="Store (or write) the flow under this name instead of the file's.")
+@click.option("--force", is_flag=True, help="Store the import as the next version of a stored flow of that name.")
+@click.option("--dry-run", is_flag=True, help="Print what the import guessed and its validation; store nothing.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="LangGraph: seconds the file may take to build its graph.")
+def import_cmd(file: str, fmt: str, output: str | None, new_name: str | None, force: bool, dry_run: bool,
+               timeout: float) -> int:
+    """Read FILE (agent2model YAML, Mermaid, a LangGraph .py, native JSON/YAML) into the store or a file.
+
+    A LangGraph file is run (in a separate process, with a time limit) to read its graph: import only
+    files you trust. The summary lists what the import guessed; fix those on the canvas.
+    """
+    chosen = None if fmt == "auto" else fmt
+    if chosen == "langgraph" or (chosen is None and Path(file).suffix.lower() == ".py"):
+        _check_name(new_name or Path(file).stem, file, bool(new_name))  # before running anything
+        click.echo(f"warning: reading {Path(file).name} runs its Python code (in a separate process, at most "
+                   f"{timeout:g} s); import only files you trust", err=True)
+    result = import_file(file, fmt=chosen, name=new_name, timeout=timeout)
+    flow = result.flow
+    _check_name(flow.name, file, bool(new_name))
+    if result.notes:
+        click.echo(f"import summary ({result.format}): what was guessed or left out", err=True)
+        for note in result.notes:
+            click.echo(f"  - {note}", err=True)
+    problems = validate(flow)
+    if dry_run:
+        for p in problems:
+            click.echo(str(p))
+        click.echo(f"dry run: flow '{flow.name}' ({len(flow.nodes)} nodes, {len(flow.edges)} edges) not stored",
+                   err=True)
+        return 0
     if output:
         _write(output, dump_flow(flow, _format_for(output)))
         click.echo(f"wrote flow '{flow.name}' ({len(flow.nodes)} nodes) to {output}", err=True)
     else:
-        version = Store().save_flow(flow, message=f"imported from {Path(file).name}")
+        version = _store_import(Store(), flow, Path(file).name, force, renamed=bool(new_name))
         click.echo(f"stored flow '{flow.name}' as version {version}", err=True)
-    problems = validate(flow)
     if has_errors(problems):
         click.echo(f"note: the flow has {sum(p.severity == 'error' for p in problems)} validation error(s); "
                    f"run `subterra validate {output or flow.name}`", err=True)
     return 0
 
 
+def _check_name(name: str, file: str, given: bool) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise FlowFileError("--name" if given else f"{file}: name", problem + ("" if given else
+                                                                             "; rename it with --name NEW"))
+
+
+def _store_import(store: Store, flow: Flow, file: str, force: bool, renamed: bool) -> int:
+    """Save an import: a new flow, or (with --force) the next version of the stored one; never silently."""
+    taken = (f"a flow named '{flow.name}' is already stored; add --force to store this import as its next "
+             "version, or --name NEW to store it under another name")
+    if not force and store.has_flow(flow.name):
+        raise StoreError(taken)
+    try:
+        return store.save_flow(flow, message=f"imported from {file}", expected_version=None if force else 0)
+    except VersionConflictError:  # created by someone else between the check and the save
+        raise StoreError(taken) from None
+
+
 @click.command("export")
 @click.argument("flow_ref", metavar="FLOW")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of to stdout.")
-def export_cmd(flow_ref: str, fmt: str, output: str | None) -> int:
-    """Print FLOW as JSON, YAML, agent2model YAML or a Mermaid flowchart."""
-    text = dump_flow(load_flow(flow_ref), fmt)
+@click.option("--outcome", "outcomes", multiple=True, metavar="WORD=KIND",
+              help="agent2model: write terminals with the custom outcome WORD as KIND (success, abandonment or "
+                   "escalation); repeat for several. Default: " + RULE + ".")
+def export_cmd(flow_ref: str, fmt: str, output: str | None, outcomes: tuple[str, ...]) -> int:
+    """Print FLOW as JSON, YAML, agent2model YAML or a Mermaid flowchart.
+
+    What the format cannot hold is reported on stderr, one line per kind.
+    """
+    flow = load_flow(flow_ref)
+    mapping = _outcome_map(flow, outcomes)
+    if mapping and fmt != "agent2model":
+        raise click.UsageError("--outcome applies to --format agent2model only")
+    result = export_flow(flow, fmt, outcomes=mapping)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
     if output:
-        _write(output, text)
+        _write(output, result.text)
     else:
-        click.echo(text, nl=False)
+        click.echo(result.text, nl=False)
     return 0
+
+
+def _outcome_map(flow: Flow, pairs: tuple[str, ...]) -> dict[str, str]:
+    used = sorted({n.outcome for n in flow.terminals if n.outcome})
+    out: dict[str, str] = {}
+    for pair in pairs:
+        word, sep, kind = pair.partition("=")
+        parsed = parse_kind(kind)
+        if not sep or not word.strip() or parsed is None:
+            raise click.BadParameter(f"'{pair}': write WORD=KIND with KIND success, abandonment or escalation",
+                                     param_hint="--outcome")
+        if word.strip() not in used:
+            raise click.BadParameter(f"no terminal of '{flow.name}' has the outcome '{word.strip()}'; its outcomes "
+                                     f"are {', '.join(used) or 'none'}", param_hint="--outcome")
+        out[word.strip()] = parsed
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,14 +13,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from engine.backends.base import backend_names
+from engine.cli.options import config_values, options_from
 from engine.datasets import dataset_info, delete_dataset, export_jsonl, list_datasets
 from engine.generate import Estimate, GenerateConfig, Progress, generate_dataset
+from engine.quality import dataset_quality
 from engine.store import Store, load_flow
-
-BACKENDS = ("scripted", "local", "anthropic", "openai")
 
 
 def register(cli: click.Group) -> None:
@@ -30,41 +32,25 @@ def register(cli: click.Group) -> None:
 
 @click.command("generate")
 @click.argument("flow_ref", metavar="FLOW")
-@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Conversations to generate (per seed).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="scripted", show_default=True,
-              help="What writes the turns: example utterances (scripted), a local model, or an API.")
-@click.option("--model", default=None, help="Model for the backend (anthropic: required, or SUBTERRA_ANTHROPIC_MODEL).")
-@click.option("--base-url", default=None, help="Endpoint of the anthropic / OpenAI-compatible API.")
-@click.option("--seed", "seeds", type=int, multiple=True, help="Random seed; repeat for several runs of N in one dataset.  [default: 0]")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Conversations at once.")
-@click.option("--max-cost", type=click.FloatRange(min=0), default=None, help="Refuse to start or stop beyond this spend (USD).")
-@click.option("--dataset", default=None, help="Dataset name (default: the flow's name).")
+@options_from(GenerateConfig, "n", flags={"n": "-n"}, helps={"n": "Conversations to generate (per seed)."})
+@options_from(GenerateConfig, "backend", "model", "base_url", "seeds", "concurrency", "max_cost", "dataset",
+              flags={"seeds": "--seed"}, choices={"backend": backend_names},
+              helps={"seeds": "Random seed; repeat for several runs of N in one dataset."})
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the whole dataset as JSONL when the run completes.")
 @click.option("--uniform", is_flag=True, help="Uniform random paths instead of coverage-guided ones.")
-@click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="Share held out for evaluation, stratified by path.")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None, help="Requests per minute cap.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=None, help="Tokens per minute cap.")
-@click.option("--fallback", type=click.Choice(("local", "anthropic", "openai")), default=None,
-              help="scripted only: the backend that writes turns of nodes without example utterances.")
-@click.option("--max-visits", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Passes per node on a path: 2 lets each loop run once more (so loop-back edges are covered); 1 = acyclic.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=300, show_default=True, help="Longest generated message.")
+@options_from(GenerateConfig, "eval_fraction", "requests_per_minute", "tokens_per_minute", "fallback", "max_visits",
+              "max_tokens", "customer_first", "heldout_examples",
+              flags={"requests_per_minute": "--rpm", "tokens_per_minute": "--tpm"},
+              choices={"fallback": lambda: [b for b in backend_names() if b != "scripted"]})
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def generate_cmd(flow_ref: str, n: int, backend: str, model: str | None, base_url: str | None, seeds: tuple[int, ...],
-                 concurrency: int, max_cost: float | None, dataset: str | None, out: Path | None, uniform: bool,
-                 eval_fraction: float, rpm: float | None, tpm: float | None, fallback: str | None,
-                 max_visits: int, max_tokens: int, quiet: bool) -> int:
+def generate_cmd(flow_ref: str, out: Path | None, uniform: bool, quiet: bool, **kw: Any) -> int:
     """Generate N synthetic conversations along paths through FLOW into a dataset (resumable)."""
     store = Store()
     flow = load_flow(flow_ref, store)
-    config = GenerateConfig(
-        n=n, seeds=list(seeds) or [0], backend=backend, model=model, base_url=base_url, fallback=fallback,
-        dataset=dataset, paths="uniform" if uniform else "coverage", max_visits=max_visits, eval_fraction=eval_fraction,
-        concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm, max_cost=max_cost,
-        max_tokens=max_tokens,
-    )
+    values = config_values(kw, GenerateConfig)
+    values["seeds"] = values.get("seeds") or [0]
+    config = GenerateConfig(paths="uniform" if uniform else "coverage", **values)
     bar = _Bar(enabled=not quiet)
     report = generate_dataset(flow, config, store, on_progress=bar.update, on_estimate=_print_estimate)
     bar.close()
@@ -142,14 +128,16 @@ def datasets_list() -> None:
 @datasets_group.command("show")
 @click.argument("name")
 def datasets_show(name: str) -> None:
-    """A dataset's counts and its most recent generation failures."""
+    """A dataset's counts, its most recent generation failures and its data-quality report."""
     store = Store()
     d = dataset_info(store, name)
     for k in ("name", "flow", "flow_version", "target", "conversations", "train", "eval", "failed_attempts"):
         click.echo(f"{k:16} {d[k]}")
-    for r in store.db.query("select slot, attempt, reason from generation_failures where dataset_id = ? "
-                            "order by id desc limit 10", [d["id"]]):
+    for r in store.generation_failures(d["id"], limit=10):
         click.echo(f"  failed slot {r['slot']} attempt {r['attempt']}: {r['reason']}")
+    click.echo("data quality")
+    for line in dataset_quality(store, name).lines():
+        click.echo(f"  {line}")
 
 
 @datasets_group.command("export")

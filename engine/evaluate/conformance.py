@@ -56,7 +56,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from engine.bundled import minilm_dir
+        from engine.base_model import minilm_dir
 
         path = str(model_dir or minilm_dir())
         self._torch = torch

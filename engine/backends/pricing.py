@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.backends.base import Usage
+from engine.backends.base import Usage, is_local_backend
 from engine.errors import StoreError
 
 PRICES_TAKEN = "2025-11"
@@ -59,8 +59,6 @@ BUILTIN_PRICES: dict[str, Price] = {
     "gpt-4o-mini": Price(input=0.15, output=0.6, cache_read=0.075),
 }
 
-# Backends that run on this machine: no per-token price.
-FREE_BACKENDS = ("scripted", "local")
 
 
 def prices() -> dict[str, Price]:
@@ -82,7 +80,7 @@ def price_for(model: str) -> Price | None:
 
 def cost(usage: Usage, model: str, backend: str = "") -> Cost:
     """The cost of `usage` tokens on `model`; free for local and scripted backends."""
-    if backend in FREE_BACKENDS or model in FREE_BACKENDS:
+    if is_local_backend(backend) or is_local_backend(model):
         return Cost(usd=0.0, known=True)
     p = price_for(model)
     if p is None:

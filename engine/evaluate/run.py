@@ -1,14 +1,15 @@
 """Evaluation: agents × scenarios × repeats, talked through by a simulated user, then measured.
 
     run_evaluation(EvalConfig) → EvalResult
-      1. scenarios sampled to cover the flow's paths (`engine.simulate.sample_scenarios`)
+      1. scenarios sampled to cover the flow's paths (`engine.evaluate.simulate.sample_scenarios`)
       2. every agent talks every scenario `repeats` times with a fresh simulated user (asyncio, at most
          `concurrency` conversations at once); a conversation ends at the path's end, when the agent
          closes, at the turn limit, or on an error (recorded, never fatal to the run)
-      3. objective metrics for every conversation (`engine.conformance`), the judge (and the second
-         judge) when asked (`engine.judge`)
-      4. statistics per agent and pairwise, paired by scenario index (`engine.stats`); costs (`engine.cost`)
-      5. the report (JSON with every number + self-contained HTML, `engine.report`), stored in the
+      3. objective metrics for every conversation (`engine.evaluate.conformance`), the judge (and the second
+         judge) when asked (`engine.evaluate.judge`)
+      4. statistics per agent and pairwise, paired by scenario index (`engine.evaluate.stats`); costs
+         (`engine.evaluate.cost`)
+      5. the report (JSON with every number + self-contained HTML, `engine.evaluate.report`), stored in the
          store's `evaluations` table with its provenance
 """
 
@@ -20,27 +21,22 @@ import hashlib
 import itertools
 import json
 import platform
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from engine.agents.base import Agent
-from engine.backends.base import Message, Usage
-from engine.conformance import (
-    DEFAULT_MARGIN,
-    DEFAULT_THRESHOLD,
-    ConversationMetrics,
+from engine.backends.base import Message, Usage, is_local_backend
+from engine.errors import EvaluationError
+from engine.evaluate.conformance import (
     NodeMapper,
     conversation_metrics,
 )
-from engine.cost import (
-    CostInputs,
+from engine.evaluate.cost import (
     PriceTable,
     api_usd,
     blended_ratio,
@@ -48,73 +44,34 @@ from engine.cost import (
     price_table,
     self_hosted_usd,
 )
-from engine.errors import EvaluationError
+from engine.evaluate.judge import CRITERIA, FAILURE_AT, Judge, compare_judges
+from engine.evaluate.schema import (
+    AgentSummary,
+    Comparison,
+    ConversationRecord,
+    CostPair,
+    CostSection,
+    EvalConfig,
+    EvalProvenance,
+    EvalReport,
+    EvalResult,
+    FlowInfo,
+    JudgesSection,
+)
+from engine.evaluate.simulate import LLMUser, Scenario, ScriptedUser, UserSimulator, sample_scenarios
+from engine.evaluate.stats import (
+    Summary,
+    TestResult,
+    adjust_family,
+    mann_whitney,
+    pass_hat_k,
+    summarize,
+    wilcoxon_paired,
+)
 from engine.flow import Flow
-from engine.judge import CRITERIA, FAILURE_AT, Judge, Judgement, compare_judges
-from engine.simulate import LLMUser, Scenario, ScriptedUser, UserSimulator, sample_scenarios
-from engine.stats import TestResult, adjust_family, mann_whitney, pass_hat_k, summarize, wilcoxon_paired
+from engine.provenance import git_revision
 
-SIMULATORS = ("scripted", "local", "anthropic", "openai")
-JUDGES = ("none", "local", "anthropic", "openai")
-API_BACKENDS = ("anthropic", "openai")
 OBJECTIVE = ("valid_edge_share", "edit_distance_norm", "success")
-
-
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    flow: str = Field(description="Flow: a file path or a stored flow name (name@version allowed).")
-    agents: list[str] = Field(min_length=1, description="Agent specs (compiled:DIR, in-context:FLOW@backend, ...).")
-    scenarios: int = Field(20, ge=1, description="Scenarios to sample (covering the flow's paths).")
-    repeats: int = Field(1, ge=1, description="Runs per scenario and agent (k of pass^k).")
-    simulator: Literal["scripted", "local", "anthropic", "openai"] = Field(
-        "scripted", description="Who plays the user: scripted (offline, no LLM) or an LLM backend.")
-    simulator_model: str | None = Field(None, description="Model for an LLM simulator.")
-    judge: Literal["none", "local", "anthropic", "openai"] = Field(
-        "none", description="Backend of the LLM judge; none skips judging.")
-    judge_model: str | None = Field(None, description="Model of the judge.")
-    judge2: Literal["none", "local", "anthropic", "openai"] = Field(
-        "none", description="Backend of a second judge that re-scores everything.")
-    judge2_model: str | None = Field(None, description="Model of the second judge.")
-    concurrency: int = Field(4, ge=1, description="Conversations (and judge calls) in flight at once.")
-    max_turns: int | None = Field(None, ge=1, description="Agent turns per conversation; default from the path.")
-    seed: int = Field(0, description="Seed for scenarios and simulators.")
-    agent_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the agents (0: greedy).")
-    agent_max_tokens: int = Field(256, gt=0, description="Most tokens per agent message.")
-    threshold: float = Field(DEFAULT_THRESHOLD, ge=0, le=1, description="Node-mapping confidence threshold.")
-    margin: float = Field(DEFAULT_MARGIN, ge=0, le=1, description="Node mapping: how far the best node must beat the next.")
-    cost: CostInputs = Field(default_factory=CostInputs, description="Cost model inputs.")
-    name: str | None = Field(None, description="Name of the evaluation in the store.")
-    out: str | None = Field(None, description="Folder for report.html and report.json.")
-
-
-class ConversationRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    agent: str = Field(description="Agent spec.")
-    scenario: int = Field(description="Scenario index (pairs conversations across agents).")
-    repeat: int = Field(description="Repeat number, 0-based.")
-    messages: list[Message] = Field(description="The conversation (user/assistant).")
-    reported_nodes: list[str | None] = Field(default_factory=list, description="Nodes the agent said it enacted.")
-    agent_usage: Usage = Field(default_factory=Usage, description="Agent tokens over the conversation.")
-    simulator_usage: Usage = Field(default_factory=Usage, description="Simulator tokens.")
-    agent_calls: int = 0
-    turns: int = Field(0, description="Agent turns.")
-    words: int = Field(0, description="Words the agent wrote.")
-    wall_s: float = Field(0.0, description="Wall-clock seconds of the conversation.")
-    agent_latency_s: float = Field(0.0, description="Seconds spent waiting for the agent.")
-    ended_by: str = Field("", description="path_end | agent_closed | turn_limit | error.")
-    error: str | None = None
-    metrics: ConversationMetrics | None = None
-    judgements: list[Judgement] = Field(default_factory=list, description="First judge, then the second.")
-    cost_usd: float = Field(0.0, description="What the agent's tokens cost at its hosting's prices.")
-    api_equivalent_usd: float = Field(0.0, description="The same tokens at the configured API prices.")
-
-
-class EvalResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: int | None = Field(None, description="Row id in the evaluations table.")
-    report: dict[str, Any] = Field(description="Every number of the evaluation (report.json).")
-    html_path: str | None = None
-    json_path: str | None = None
 
 
 Progress = Callable[[float, str], None]
@@ -256,7 +213,8 @@ def _turn_limit(config: EvalConfig, flow: Flow, scenario: Scenario) -> int:
 
 def _judges(config: EvalConfig) -> list[Judge]:
     """Built before any conversation, so a judge that cannot run fails the evaluation at once."""
-    wanted = [(config.judge, config.judge_model, "--judge-model"), (config.judge2, config.judge2_model, "--judge2-model")]
+    wanted = [(config.judge, config.judge_model, "--judge-model"),
+              (config.judge2, config.judge2_model, "--judge2-model")]
     return [Judge(_backend(name, model, flag)) for name, model, flag in wanted if name != "none"]
 
 
@@ -282,13 +240,14 @@ def _price(records: list[ConversationRecord], agents: dict[str, Agent], table: P
         hosting, model = _hosting(rec.agent, agents[rec.agent])
         api = api_usd(rec.agent_usage, table, None)
         rec.api_equivalent_usd = api
-        rec.cost_usd = api_usd(rec.agent_usage, table, model) if hosting == "api" else self_hosted_usd(rec.agent_usage, table)
+        rec.cost_usd = (api_usd(rec.agent_usage, table, model) if hosting == "api"
+                        else self_hosted_usd(rec.agent_usage, table))
 
 
 def _hosting(spec: str, agent: Agent) -> tuple[str, str]:
     """('api', model) when the agent calls a paid API, else ('self', model): it runs on our own GPU."""
     backend = spec.partition("@")[2].partition(":")[0]
-    return ("api" if backend in API_BACKENDS else "self"), getattr(agent, "model", "") or ""
+    return ("api" if backend and not is_local_backend(backend) else "self"), getattr(agent, "model", "") or ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,29 +255,22 @@ def _hosting(spec: str, agent: Agent) -> tuple[str, str]:
 
 
 def build_report(config: EvalConfig, flow: Flow, flow_version: int | None, agents: dict[str, Agent],
-                 scenarios: list[Scenario], records: list[ConversationRecord], table: PriceTable) -> dict[str, Any]:
+                 scenarios: list[Scenario], records: list[ConversationRecord], table: PriceTable) -> EvalReport:
     per_agent = {spec: _agent_summary(spec, agents[spec], [r for r in records if r.agent == spec], config)
                  for spec in agents}
     judged = any(r.judgements for r in records)
-    report: dict[str, Any] = {
-        "name": config.name or f"{flow.name}-eval",
-        "created": time.time(),
-        "provenance": provenance(config, flow, flow_version, agents),
-        "config": config.model_dump(mode="json"),
-        "flow": {"name": flow.name, "version": flow_version, "nodes": len(flow.nodes),
-                 "agent_nodes": [n.id for n in flow.nodes if n.role == "agent"]},
-        "criteria": list(CRITERIA),
-        "agents": per_agent,
-        "comparisons": _comparisons(list(agents), records, judged),
-        "judges": _judges_section(records),
-        "cost": _cost_section(per_agent, table),
-        "scenarios": [s.model_dump(mode="json") for s in scenarios],
-        "conversations": [r.model_dump(mode="json") for r in records],
-    }
-    return report
+    return EvalReport(
+        name=config.name or f"{flow.name}-eval", created=time.time(),
+        provenance=provenance(config, flow, flow_version, agents), config=config,
+        flow=FlowInfo(name=flow.name, version=flow_version, nodes=len(flow.nodes),
+                      agent_nodes=[n.id for n in flow.nodes if n.role == "agent"]),
+        criteria=list(CRITERIA), agents=per_agent, comparisons=_comparisons(list(agents), records, judged),
+        judges=_judges_section(records), cost=_cost_section(per_agent, table), scenarios=scenarios,
+        conversations=records,
+    )
 
 
-def _agent_summary(spec: str, agent: Agent, recs: list[ConversationRecord], config: EvalConfig) -> dict[str, Any]:
+def _agent_summary(spec: str, agent: Agent, recs: list[ConversationRecord], config: EvalConfig) -> AgentSummary:
     ok = [r for r in recs if r.metrics is not None]
     first = [r.judgements[0] for r in recs if r.judgements]
     second = [r.judgements[1] for r in recs if len(r.judgements) > 1]
@@ -363,30 +315,29 @@ def _agent_summary(spec: str, agent: Agent, recs: list[ConversationRecord], conf
             r.judgements and r.judgements[0].scores and r.judgements[0].scores["task_success"] > FAILURE_AT))
     if second:
         out["criteria_judge2"] = {c: _s([j.scores[c] for j in second if j.scores]) for c in CRITERIA}
-    return out
+    return AgentSummary(**out)
 
 
-def _comparisons(specs: list[str], records: list[ConversationRecord], judged: bool) -> list[dict[str, Any]]:
+def _comparisons(specs: list[str], records: list[ConversationRecord], judged: bool) -> list[Comparison]:
     """Every pair of agents, paired by scenario index (repeats averaged): Wilcoxon + Holm per family."""
     out = []
     for a, b in itertools.combinations(specs, 2):
-        entry: dict[str, Any] = {"a": a, "b": b, "paired_by": "scenario index"}
+        crit: dict[str, TestResult] | None = None
         if judged:
             crit = {c: _paired(records, a, b, functools.partial(_score, criterion=c)) for c in CRITERIA}
             adjust_family(crit)
-            entry["criteria"] = {c: t.model_dump() for c, t in crit.items()}
         objective = {
             "valid_edge_share": _paired(records, a, b, lambda r: r.metrics.valid_edge_share if r.metrics else None),
             "edit_distance_norm": _paired(records, a, b, lambda r: r.metrics.edit_distance_norm if r.metrics else None),
             "success": _paired(records, a, b, lambda r: float(r.metrics.success) if r.metrics else None),
         }
         adjust_family(objective)
-        entry["objective"] = {k: t.model_dump() for k, t in objective.items()}
-        out.append(entry)
+        out.append(Comparison(a=a, b=b, paired_by="scenario index", criteria=crit, objective=objective))
     return out
 
 
-def _paired(records: list[ConversationRecord], a: str, b: str, value: Callable[[ConversationRecord], float | None]) -> TestResult:
+def _paired(records: list[ConversationRecord], a: str, b: str,
+            value: Callable[[ConversationRecord], float | None]) -> TestResult:
     per: dict[str, dict[int, list[float]]] = {a: defaultdict(list), b: defaultdict(list)}
     for r in records:
         if r.agent in per and (v := value(r)) is not None:
@@ -395,85 +346,73 @@ def _paired(records: list[ConversationRecord], a: str, b: str, value: Callable[[
     return wilcoxon_paired([float(np.mean(per[a][i])) for i in common], [float(np.mean(per[b][i])) for i in common])
 
 
-def compare_runs(first: dict[str, Any], second: dict[str, Any], agent_first: str, agent_second: str) -> dict[str, Any]:
+def compare_runs(first: EvalReport, second: EvalReport, agent_first: str, agent_second: str) -> Comparison:
     """Unpaired comparison across two evaluation reports (different runs or scenario sets): Mann-Whitney U
     per criterion (when both were judged) and per objective metric, Holm-Bonferroni within each family."""
-    def values(report: dict[str, Any], agent: str, pick: Callable[[dict[str, Any]], float | None]) -> list[float | None]:
-        if agent not in report["agents"]:
-            raise EvaluationError(f"agent '{agent}' is not in evaluation '{report['name']}'; it has: "
-                                  + ", ".join(report["agents"]))
-        return [pick(c) for c in report["conversations"] if c["agent"] == agent]
+    def values(report: EvalReport, agent: str,
+               pick: Callable[[ConversationRecord], float | None]) -> list[float | None]:
+        if agent not in report.agents:
+            raise EvaluationError(f"agent '{agent}' is not in evaluation '{report.name}'; it has: "
+                                  + ", ".join(report.agents))
+        return [pick(c) for c in report.conversations if c.agent == agent]
 
-    def test(pick: Callable[[dict[str, Any]], float | None]) -> TestResult:
+    def test(pick: Callable[[ConversationRecord], float | None]) -> TestResult:
         return mann_whitney(values(first, agent_first, pick), values(second, agent_second, pick))
 
-    out: dict[str, Any] = {"a": f"{first['name']}:{agent_first}", "b": f"{second['name']}:{agent_second}",
-                           "test": "mann-whitney (unpaired)"}
-    judged = [c for r in (first, second) for c in r["conversations"] if c["judgements"]]
-    if judged:
-        crit = {c: test(functools.partial(_judged_score, criterion=c)) for c in CRITERIA}
+    crit: dict[str, TestResult] | None = None
+    if any(c.judgements for r in (first, second) for c in r.conversations):
+        crit = {c: test(functools.partial(_score, criterion=c)) for c in CRITERIA}
         adjust_family(crit)
-        out["criteria"] = {c: t.model_dump() for c, t in crit.items()}
     objective = {k: test(functools.partial(_metric, key=k)) for k in OBJECTIVE}
     adjust_family(objective)
-    out["objective"] = {k: t.model_dump() for k, t in objective.items()}
-    return out
+    return Comparison(a=f"{first.name}:{agent_first}", b=f"{second.name}:{agent_second}",
+                      test="mann-whitney (unpaired)", criteria=crit, objective=objective)
 
 
-def _judged_score(conv: dict[str, Any], criterion: str) -> float | None:
-    j = conv["judgements"][0] if conv["judgements"] else None
-    return float(j["scores"][criterion]) if j and j.get("scores") else None
+def _metric(conv: ConversationRecord, key: str) -> float | None:
+    value = getattr(conv.metrics, key, None) if conv.metrics else None
+    return None if value is None else float(value)
 
 
-def _metric(conv: dict[str, Any], key: str) -> float | None:
-    m = conv.get("metrics")
-    return None if not m or m.get(key) is None else float(m[key])
-
-
-def _judges_section(records: list[ConversationRecord]) -> dict[str, Any]:
+def _judges_section(records: list[ConversationRecord]) -> JudgesSection:
     both = [r for r in records if len(r.judgements) > 1]
     names = next((tuple(j.judge for j in r.judgements) for r in records if r.judgements), ())
-    section: dict[str, Any] = {"judges": list(names)}
-    if both:
-        section["agreement"] = [a.model_dump() for a in compare_judges([r.judgements[0] for r in both],
-                                                                       [r.judgements[1] for r in both])]
-    return section
+    agreement = compare_judges([r.judgements[0] for r in both], [r.judgements[1] for r in both]) if both else None
+    return JudgesSection(judges=list(names), agreement=agreement)
 
 
-def _cost_section(per_agent: dict[str, dict[str, Any]], table: PriceTable) -> dict[str, Any]:
-    costs = {spec: s["cost_usd"]["mean"] or 0.0 for spec, s in per_agent.items()}
-    api_eq = {spec: s["api_equivalent_usd"]["mean"] or 0.0 for spec, s in per_agent.items()}
-    tokens = {spec: ((s["input_tokens"]["mean"] or 0.0), (s["output_tokens"]["mean"] or 0.0)) for spec, s in per_agent.items()}
-    section: dict[str, Any] = {"table": table.model_dump(mode="json"), "per_conversation_usd": costs,
-                               "api_equivalent_per_conversation_usd": api_eq, "pairs": []}
+def _cost_section(per_agent: dict[str, AgentSummary], table: PriceTable) -> CostSection:
+    costs = {spec: s.cost_usd.mean or 0.0 for spec, s in per_agent.items()}
+    api_eq = {spec: s.api_equivalent_usd.mean or 0.0 for spec, s in per_agent.items()}
+    tokens = {spec: ((s.input_tokens.mean or 0.0), (s.output_tokens.mean or 0.0)) for spec, s in per_agent.items()}
+    pairs = []
     for a, b in itertools.permutations(per_agent, 2):
-        if per_agent[a]["kind"] != "compiled" or per_agent[b]["kind"] == "compiled":
+        if per_agent[a].kind != "compiled" or per_agent[b].kind == "compiled":
             continue
         # the paper's comparison: the compiled agent self-hosted vs the other agent's tokens at API prices
         self_a = costs[a]
-        api_b = api_eq[b] if per_agent[b]["hosting"] == "self" else costs[b]
-        section["pairs"].append({
-            "compiled": a, "versus": b,
-            "compiled_usd_per_conversation": self_a, "versus_api_usd_per_conversation": api_b,
-            "ratio": api_b / self_a if self_a > 0 else None,
-            "token_ratio": (sum(tokens[b]) / sum(tokens[a])) if sum(tokens[a]) > 0 else None,
-            "versus_self_hosted_ratio": blended_ratio(table, *tokens[b]) if sum(tokens[b]) else None,
-            "break_even_conversations": break_even_conversations(table.compile_cost, api_b, self_a),
-        })
-    return section
+        api_b = api_eq[b] if per_agent[b].hosting == "self" else costs[b]
+        pairs.append(CostPair(
+            compiled=a, versus=b, compiled_usd_per_conversation=self_a, versus_api_usd_per_conversation=api_b,
+            ratio=api_b / self_a if self_a > 0 else None,
+            token_ratio=(sum(tokens[b]) / sum(tokens[a])) if sum(tokens[a]) > 0 else None,
+            versus_self_hosted_ratio=blended_ratio(table, *tokens[b]) if sum(tokens[b]) else None,
+            break_even_conversations=break_even_conversations(table.compile_cost, api_b, self_a),
+        ))
+    return CostSection(table=table, per_conversation_usd=costs, api_equivalent_per_conversation_usd=api_eq,
+                       pairs=pairs)
 
 
-def provenance(config: EvalConfig, flow: Flow, flow_version: int | None, agents: dict[str, Agent]) -> dict[str, Any]:
-    import engine
+def provenance(config: EvalConfig, flow: Flow, flow_version: int | None, agents: dict[str, Agent]) -> EvalProvenance:
 
     flow_hash = hashlib.sha256(json.dumps(flow.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-    return {
-        "flow": flow.name, "flow_version": flow_version, "flow_sha256": flow_hash, "seed": config.seed,
-        "git_revision": _git_revision(Path(engine.__file__).resolve().parent.parent),
-        "agents": {s: {"kind": getattr(a, "kind", ""), "model": getattr(a, "model", "")} for s, a in agents.items()},
-        "simulator": config.simulator if config.simulator == "scripted" else f"{config.simulator}:{config.simulator_model or ''}",
-        "python": platform.python_version(), "host": platform.node(),
-    }
+    simulator = (config.simulator if config.simulator == "scripted"
+                 else f"{config.simulator}:{config.simulator_model or ''}")
+    return EvalProvenance(
+        flow=flow.name, flow_version=flow_version, flow_sha256=flow_hash, seed=config.seed, git_revision=git_revision(),
+        agents={s: {"kind": getattr(a, "kind", ""), "model": getattr(a, "model", "")} for s, a in agents.items()},
+        simulator=simulator, python=platform.python_version(), host=platform.node(),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,22 +438,20 @@ def _backend(name: str, model: str | None, flag: str) -> Any:
         raise BackendUnavailableError(str(e).replace("--model", flag)) from None
 
 
-def _save(config: EvalConfig, flow: Flow, flow_version: int | None, report: dict[str, Any], store: Any) -> EvalResult:
-    from engine.report import write_html
+def _save(config: EvalConfig, flow: Flow, flow_version: int | None, report: EvalReport, store: Any) -> EvalResult:
+    from engine.evaluate.report import write_html
 
     html_path = json_path = None
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         json_path = out / "report.json"
-        json_path.write_text(json.dumps(report, indent=1, default=str))
+        json_path.write_text(report.model_dump_json(indent=1))
         html_path = write_html(report, out / "report.html")
-    row = store.db["evaluations"].insert({
-        "name": report["name"], "flow": flow.name, "flow_version": flow_version, "created": report["created"],
-        "config": json.dumps(config.model_dump(mode="json")), "report": json.dumps(report, default=str),
-        "path": str(config.out or ""),
-    })
-    return EvalResult(id=int(row.last_pk), report=report, html_path=str(html_path) if html_path else None,
+    evaluation_id = store.add_evaluation(report.name, flow.name, flow_version, report.created,
+                                         config.model_dump(mode="json"), report.model_dump_json(),
+                                         str(config.out or ""))
+    return EvalResult(id=evaluation_id, report=report, html_path=str(html_path) if html_path else None,
                       json_path=str(json_path) if json_path else None)
 
 
@@ -532,16 +469,8 @@ def _progress(store: Any, job: int, callback: Progress | None) -> Progress:
     return report
 
 
-def _git_revision(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def _s(values: list[float | None] | list[float] | list[int]) -> dict[str, Any]:
-    return summarize([v for v in values if v is not None]).model_dump()
+def _s(values: list[float | None] | list[float] | list[int]) -> Summary:
+    return summarize([v for v in values if v is not None])
 
 
 def _mean(values: list[float]) -> float | None:
@@ -564,7 +493,8 @@ def _score(r: ConversationRecord, criterion: str) -> float | None:
     return float(j.scores[criterion]) if j and j.scores else None
 
 
-def _pass_k(recs: list[ConversationRecord], repeats: int, ok: Callable[[ConversationRecord], bool]) -> dict[str, float | None]:
+def _pass_k(recs: list[ConversationRecord], repeats: int,
+            ok: Callable[[ConversationRecord], bool]) -> dict[str, float | None]:
     wins: dict[int, int] = defaultdict(int)
     runs: dict[int, int] = defaultdict(int)
     for r in recs:

@@ -9,12 +9,16 @@ the OpenAI API that chat clients use, so the official `openai` SDK, `subterra ch
                                   ("stream_options": {"include_usage": true} adds a usage chunk)
     GET  /health                  200 once the model is loaded
 
-Requests are answered one generation at a time per model (the `local` backend serializes them:
-torch already uses every core for one); vLLM is the engine for batched throughput.
+Requests are answered one generation at a time per model (the `local` backend serializes them in
+arrival order: torch already uses every core for one); vLLM is the engine for batched throughput.
+Every request passes `engine.serve.guard` first (Host, API key, content type, body size); a request
+is then checked whole before any token is generated (finite numbers, a 64-bit seed, prompt plus
+`max_tokens` within the model's context), and a generation whose client went away is cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,6 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.backends.base import ChatRequest, ChatResult, Message, Sampling
 from engine.errors import ServingError
+from engine.serve.guard import BodyTooLarge, Guard
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Seeds torch accepts; others are refused with 400 rather than failing mid-request."""
+_DISCONNECT_POLL_S = 0.25
 
 
 class WireMessage(BaseModel):
@@ -46,7 +55,7 @@ class WireMessage(BaseModel):
 class CompletionRequest(BaseModel):
     """The fields of an OpenAI chat completions request this server honours (others are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: str = Field("", description="Served model name (or the model directory).")
     messages: list[WireMessage] = Field(min_length=1, description="The conversation, oldest first.")
     temperature: float = Field(1.0, ge=0, le=2)
@@ -54,7 +63,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -76,8 +85,9 @@ class CompletionRequest(BaseModel):
 
 
 def create_app(model: str, served_name: str | None = None, device: str = "auto", dtype: str = "auto",
-               default_max_tokens: int = 512) -> Any:
-    """The FastAPI app serving `model` (a directory, hub id or `smollm2-135m`)."""
+               default_max_tokens: int = 512, api_key: str | None = None, allow_hosts: tuple[str, ...] = (),
+               max_body: int | None = None) -> Any:
+    """The FastAPI app serving `model` (a directory, hub id or `smollm2-135m`), behind `Guard`."""
     from engine.backends.local import LocalBackend
 
     backend = LocalBackend(model=model, device=device, dtype=dtype)
@@ -90,8 +100,11 @@ def create_app(model: str, served_name: str | None = None, device: str = "auto",
 
         await asyncio.to_thread(backend.loaded)  # load before accepting requests: ready means loaded
         yield
+        backend.cancel_all()
 
     app = FastAPI(title="subterra", lifespan=lifespan)
+    app.state.backend = backend
+    app.add_middleware(Guard, allow_hosts=allow_hosts, api_key=api_key, max_body=max_body)
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
@@ -108,7 +121,11 @@ def create_app(model: str, served_name: str | None = None, device: str = "auto",
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         try:
-            body = CompletionRequest.model_validate(await request.json())
+            raw = await request.body()
+        except BodyTooLarge as e:
+            return error(413, str(e))
+        try:
+            body = CompletionRequest.model_validate(parse_json(raw))
             chat = body.to_chat(default_max_tokens)
         except (ValidationError, ServingError, ValueError) as e:
             return error(400, _short(e))
@@ -117,14 +134,69 @@ def create_app(model: str, served_name: str | None = None, device: str = "auto",
                          "NotFoundError")
         if not chat.messages:
             return error(400, "messages has no user or assistant message; add the user's message")
+        asked = body.max_completion_tokens or body.max_tokens
+        try:
+            chat = await asyncio.to_thread(fit_context, backend, chat, asked)
+        except ServingError as e:
+            return error(400, str(e))
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
+        if body.stream:  # Starlette cancels the stream when the client goes away; the backend then stops
             usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(backend, chat, cid, name, usage), media_type="text/event-stream")
-        result = await backend.complete(chat)
+        result = await _unless_disconnected(request, backend.complete(chat))
+        if result is None:
+            return error(499, "the client closed the connection; generation cancelled")
         return _completion(result, cid, name)
 
     return app
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON; NaN/Infinity and absurd nesting are refused (ValueError) before any work."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"the request body contains {name}, which is not JSON; send finite numbers")
+
+    try:
+        return json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise ValueError("the request body is nested too deeply to be a chat request") from None
+    except UnicodeDecodeError:
+        raise ValueError("the request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the request body is not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def fit_context(backend: Any, chat: ChatRequest, asked: int | None) -> ChatRequest:
+    """`chat` with max_tokens that fits the model's context; a request asking for more is refused.
+
+    Checked before generating (as vLLM does), so a request for a billion tokens costs nothing.
+    """
+    context = backend.context_length()
+    prompt = len(backend.render_prompt(chat))
+    room = context - prompt
+    if room <= 0 or (asked is not None and asked > room):
+        raise ServingError(f"this model's maximum context length is {context} tokens; the messages take {prompt} "
+                           f"and max_tokens asks for {asked or chat.sampling.max_tokens}: shorten the conversation "
+                           f"or ask for at most {max(room, 0)} tokens")
+    if asked is None and chat.sampling.max_tokens > room:
+        chat = chat.model_copy(update={"sampling": chat.sampling.model_copy(update={"max_tokens": room})})
+    return chat
+
+
+async def _unless_disconnected(request: Request, work: Any) -> Any:
+    """Await `work` unless the client disconnects first: then cancel it (the backend stops generating)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def default_served_name(model: str) -> str:
@@ -176,11 +248,25 @@ def _short(e: Exception) -> str:
 
 # -- running ---------------------------------------------------------------------------------------
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, served_name: str | None = None,
-          device: str = "auto", dtype: str = "auto", log_level: str = "warning") -> None:
-    """Serve until interrupted (the CLI's `subterra serve --engine transformers`)."""
+          device: str = "auto", dtype: str = "auto", log_level: str = "warning", api_key: str | None = None,
+          allow_hosts: tuple[str, ...] = ()) -> None:
+    """Serve until Ctrl-C or SIGTERM, then return (the CLI's `subterra serve --engine transformers`).
+
+    Running generations are cancelled at shutdown (they stop at their next token), so a stop never waits
+    for a long reply; the signal is not raised again afterwards, so the command exits 0.
+    """
     import uvicorn
 
-    uvicorn.run(create_app(model, served_name, device, dtype), host=host, port=port, log_level=log_level)
+    app = create_app(model, served_name, device, dtype, api_key=api_key, allow_hosts=(*allow_hosts, host))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=1)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a stop we asked for is a clean exit (0), not an abort
+            app.state.backend.cancel_all()  # running replies end now (finish_reason "stop"), not in minutes
+
+    Server(config).run()
 
 
 class ServerThread:
@@ -197,7 +283,7 @@ class ServerThread:
         self.host = host
         self.served_name = served_name or default_served_name(model)
         config = uvicorn.Config(create_app(model, self.served_name, **options), host=host, port=port,
-                                log_level="warning", lifespan="on")
+                                log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="subterra-serve", daemon=True)
         self.port = port

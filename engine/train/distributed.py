@@ -1,4 +1,4 @@
-"""Many ranks: DeepSpeed ZeRO-3 around the same training loop (`engine.train.fit`).
+"""Many ranks: DeepSpeed ZeRO-3 around the same training loop (`engine.train.loop.fit`).
 
 `launch(cfg)` writes the run's config and a DeepSpeed config next to the output and starts the
 ranks: `deepspeed` on GPU machines (with `--hostfile` for several nodes), `torchrun` for CPU
@@ -21,15 +21,19 @@ from typing import Any
 import torch
 
 from engine.errors import TrainingError
-from engine.train import (
-    TrainConfig,
+from engine.provenance import REPO_ROOT
+from engine.train.checkpoint import (
     TrainState,
-    _rng_state,
-    _set_rng_state,
-    _write_state,
-    attention_kwargs,
-    lr_lambda,
+    fresh_dir,
+    fsync_tree,
+    rng_state,
+    set_rng_state,
+    swap_in,
+    write_state,
 )
+from engine.train.config import TrainConfig
+from engine.train.model import load_model
+from engine.train.stepper import lr_lambda
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
@@ -79,7 +83,8 @@ def launch(cfg: TrainConfig, nprocs: int = 2, hostfile: str | None = None, env: 
     config_path = out / "train_config.json"
     config_path.write_text(cfg.model_dump_json(indent=2))
     cmd = launch_command(config_path, cfg, nprocs, hostfile, master_port)
-    full_env = {**os.environ, **(env or {}), "PYTHONPATH": _repo_root() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    pythonpath = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath}
     proc = subprocess.run(cmd, env=full_env)
     if proc.returncode != 0:
         raise TrainingError(f"the distributed run exited with code {proc.returncode} (command: {' '.join(cmd)}); "
@@ -91,36 +96,32 @@ def run_worker(cfg: TrainConfig) -> Path:
     """One rank: join the group, train under DeepSpeed, rank 0 writes the model dir."""
     import deepspeed
 
-    from engine import train
+    from engine.train import loop
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    run = train.setup(cfg, stepper_factory=DeepSpeedStepper)
+    run = loop.setup(cfg, stepper_factory=DeepSpeedStepper)
     run.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    train.fit(run)
-    out = train.finish(run)
+    loop.fit(run)
+    out = loop.finish(run)
     torch.distributed.barrier()
     return out
 
 
 class DeepSpeedStepper:
-    """The `engine.train` stepper contract on a DeepSpeed engine (ZeRO-3 sharded)."""
+    """The `engine.train.stepper.Stepper` contract on a DeepSpeed engine (ZeRO-3 sharded)."""
 
     def __init__(self, base_dir: str, cfg: TrainConfig, total_steps: int):
         import deepspeed
-        from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
 
         world = torch.distributed.get_world_size()
         ds_config = deepspeed_config(cfg, world)
         self._hf_ds = HfDeepSpeedConfig(ds_config)  # kept alive: from_pretrained then loads straight into shards
         dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **attention_kwargs(cfg))
-        model.config.use_cache = False
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = load_model(base_dir, cfg, dtype)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
         schedule = lr_lambda(cfg, total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -141,35 +142,35 @@ class DeepSpeedStepper:
         return lr
 
     def save(self, path: Path, state: TrainState) -> None:
-        # every rank writes its shard; rank 0 adds our own state; the `latest` tag flips last, atomically
-        # our trainer state rides in DeepSpeed's client state, so it can never disagree with the shards
-        self.engine.save_checkpoint(str(path), tag="ckpt", client_state={"rng": _rng_state(), "trainer": state.__dict__})
+        # every rank writes its shards under a tag of their own (never over the last good ones: a crash
+        # mid-save would leave torn shards beside a valid state); `latest` names the new tag once all are
+        # written; our trainer state rides in DeepSpeed's client state, so it never disagrees with them
+        tag = f"step{state.step}"
+        self.engine.save_checkpoint(str(path), tag=tag, client_state={"rng": rng_state(), "trainer": state.__dict__})
+        torch.distributed.barrier()
         if torch.distributed.get_rank() == 0:
-            _write_state(path, state)  # marks the dir as resumable
+            write_state(path, state)  # marks the dir as resumable
+            fsync_tree(path / tag)
+            for old in path.iterdir():  # older tags go once `latest` names a complete new one
+                if old.is_dir() and old.name != tag and (old.name.startswith("step") or old.name == "ckpt"):
+                    shutil.rmtree(old, ignore_errors=True)
         torch.distributed.barrier()
 
     def load(self, path: Path) -> TrainState:
-        _, client = self.engine.load_checkpoint(str(path), tag="ckpt")
+        _, client = self.engine.load_checkpoint(str(path), tag=None)  # the tag `latest` names
         if not client or "trainer" not in client:
             raise TrainingError(f"{path} holds no subterra trainer state; delete it to start the run afresh")
-        _set_rng_state(client["rng"])
+        set_rng_state(client["rng"])
         return TrainState(**client["trainer"])
 
     def save_best(self, path: Path, dtype: torch.dtype) -> None:
         state_dict = self.engine._zero3_consolidated_16bit_state_dict()  # collective: every rank joins
         if torch.distributed.get_rank() == 0:
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = fresh_dir(path)
             sd = {k: v.to(dtype) for k, v in state_dict.items()}
             self.engine.module.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
-            from engine.train import _swap_in
-
-            _swap_in(tmp, path)
+            swap_in(tmp, path)
         torch.distributed.barrier()
-
-
-def _repo_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
 
 
 def describe(cfg: TrainConfig, nprocs: int) -> str:

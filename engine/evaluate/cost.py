@@ -15,7 +15,7 @@ $0.05/$0.23 would give 60x/65x; the 65x comes from the unrounded figures.) In ge
 depends on the token mix; `per_token_ratio` reports it for a 1:1 mix and `blended_ratio` for any mix.
 
 Per-conversation cost multiplies measured tokens by the agent's prices: a compiled (self-hosted) agent
-pays the self-hosting rates, an API-backed agent the API table (`engine.pricing`, per model, dated) or
+pays the self-hosting rates, an API-backed agent the API table (`engine.backends.pricing`, per model, dated) or
 the configured API prices. The one-time compile cost (data generation + GPU hours of training) divided
 by the per-conversation saving gives the break-even number of conversations.
 """
@@ -27,6 +27,8 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.backends.base import Usage
+from engine.backends.pricing import cost_usd
+from engine.errors import StoreError
 
 PAPER_GPU_HOURLY = 2.50
 PAPER_PREFILL_TPS = 15_000.0
@@ -87,20 +89,15 @@ def self_hosted_usd(usage: Usage, table: PriceTable) -> float:
 
 
 def api_usd(usage: Usage, table: PriceTable, model: str | None = None) -> float:
-    """API cost: the dated price table in `engine.pricing` when it knows the model, else the configured prices."""
+    """API cost: the dated price table in `engine.backends.pricing` when it knows the model, else the configured
+    prices."""
     if model:
         try:
-            from engine.pricing import cost_usd
-        except ImportError:
-            cost_usd = None  # type: ignore[assignment]
-        if cost_usd is not None:
-            try:
-                known = cost_usd(usage, model)
-            except Exception:  # an unknown model or a table problem: fall back to the configured prices
-                known = None
-            value = getattr(known, "usd", known)
-            if isinstance(value, int | float) and value > 0:
-                return float(value)
+            known = cost_usd(usage, model)
+        except StoreError:  # an unreadable prices.json: fall back to the configured prices
+            known = 0.0
+        if known > 0:
+            return float(known)
     tokens_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
     return (tokens_in * table.api_input_per_m + usage.output_tokens * table.api_output_per_m) / 1e6
 
