@@ -19,5 +19,7 @@ def frame(title: str) -> Iterator[ui.column]:
         ui.label(title).classes("text-white opacity-80 ml-4").mark("page-title")
         ui.space()
         ui.link("Flows", "/").classes("text-white no-underline")
+        ui.link("Chat", "/chat").classes("text-white no-underline ml-4").mark("nav-chat")
+        ui.link("Jobs", "/jobs").classes("text-white no-underline ml-4").mark("nav-jobs")
     with ui.column().classes(f"{theme.PAGE} {theme.GAP}") as body:
         yield body

@@ -39,7 +39,8 @@ def canvas_css() -> str:
     rules = [
         ".st-node{border:2px solid var(--c);border-radius:8px;background:#fff;padding:6px 10px;min-width:130px;"
         "max-width:220px;font-size:12px;color:#111;box-shadow:0 1px 2px rgba(0,0,0,.15)}",
-        ".st-node .st-role{font-size:10px;text-transform:uppercase;letter-spacing:.05em;color:var(--c);font-weight:600}",
+        ".st-node .st-role{font-size:10px;text-transform:uppercase;letter-spacing:.05em;color:var(--c);"
+        "font-weight:600}",
         ".st-node.st-decision{border-style:double;border-width:4px;border-radius:22px;background:#f5f3ff}",
         ".st-node.st-terminal{background:var(--bg);}",
         ".st-node.st-start{box-shadow:0 0 0 3px rgba(31,78,121,.35)}",

@@ -8,6 +8,7 @@ timer writes a new version with `expected_version`, so a save made in another ta
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,11 +33,15 @@ AUTOSAVE_SECONDS = 0.5
 QUIET_SECONDS = 1.0  # typing is saved once it pauses this long, not on every keystroke
 COALESCE_SECONDS = 2.0  # keystrokes in one field within this time are one undo step
 UNDO_LIMIT = 200
+PASTE_OFFSET = 40.0
+# The canvas clipboard (Ctrl+C / Ctrl+V): one per studio process, so nodes copied in one flow's tab
+# paste into another's; the studio is a single-user local app.
+CLIPBOARD: dict[str, Any] = {}
 
 
 def create() -> None:
-    @ui.page("/flow/{name}")
-    async def editor_page(name: str) -> None:
+    @ui.page("/flow/{name:path}")  # every stored name opens, even one stored with a '/' before the name rule
+    async def editor_page(name: str, panel: str | None = None) -> None:
         store = Store()
         if not store.has_flow(name):
             with frame("Flow not found"):
@@ -44,7 +49,11 @@ def create() -> None:
                 ui.link("Back to the flow library", "/")
             return
         with frame(name):
-            Editor(store, name).build()
+            editor = Editor(store, name)
+            editor.build()
+        from ui.pages import flow_panels  # the generate and compile drawer (issue 10)
+
+        flow_panels.attach(editor, panel)
 
 
 class Editor:
@@ -64,6 +73,9 @@ class Editor:
         self.highlight: list[str] = []
         self.path: list[str] | None = None
         self.seed = 0
+        self.pending_select: list[str] = []  # canvas ids to select at the next redraw (pasted nodes)
+        self.history_at = self.version  # oldest stored version the undo stack has reached
+        self.graph_hooks: list[Callable[[dict[str, Any]], dict[str, Any]]] = []  # panels decorate the canvas
 
     # -- layout ------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -85,8 +97,9 @@ class Editor:
         self.canvas.on("select", lambda e: self.on_select(e.args))
         self.canvas.on("undo", lambda _: self.do_undo())
         self.canvas.on("redo", lambda _: self.do_redo())
+        self._canvas_events()
         ui.timer(AUTOSAVE_SECONDS, self.flush)
-        ui.context.client.on_disconnect(lambda: self.flush(force=True))
+        ui.context.client.on_disconnect(self.on_close)
         self.draw()
         ui.timer(0.5, self.load_stats, once=True)
 
@@ -98,11 +111,13 @@ class Editor:
                     .props("outline no-caps").style(f"color: {theme.ROLE_COLORS[role]} !important").mark(f"add-{role}")
             ui.separator().props("vertical")
             ui.button(icon="undo", on_click=self.do_undo).props("flat round").tooltip("Undo (Ctrl+Z)").mark("undo")
-            ui.button(icon="redo", on_click=self.do_redo).props("flat round").tooltip("Redo (Ctrl+Shift+Z)").mark("redo")
+            ui.button(icon="redo", on_click=self.do_redo).props("flat round") \
+                .tooltip("Redo (Ctrl+Shift+Z)").mark("redo")
             ui.button(icon="fit_screen", on_click=lambda: self.canvas.fit()).props("flat round") \
                 .tooltip("Fit to view").mark("fit")
             ui.button(icon="account_tree", on_click=lambda: self.canvas.auto_layout()).props("flat round") \
                 .tooltip("Auto-layout").mark("layout")
+            self._canvas_tools()
             ui.space()
             self.status = ui.label(f"Saved · version {self.version}").classes("text-sm text-grey-7").mark("save-status")
 
@@ -149,7 +164,11 @@ class Editor:
 
     def draw(self) -> None:
         sel = self.selected[1] if self.selected else None
-        self.canvas.show(graph_of(self.flow, self.problems, self.highlight, sel, self.version))
+        graph = graph_of(self.flow, self.problems, self.highlight, sel, self.version, self.pending_select)
+        for hook in self.graph_hooks:
+            graph = hook(graph)
+        self.canvas.show(graph)
+        self.pending_select = []
 
     def guarded(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T | None:
         """Run an engine edit; its error becomes a notification instead of a traceback."""
@@ -181,10 +200,17 @@ class Editor:
 
     def on_moved(self, args: dict[str, Any]) -> None:
         positions = {p["id"]: (p["x"], p["y"]) for p in args.get("positions", [])}
-        self.apply(editing.move_nodes(self.flow, positions), inspector=False, save_now=True)
+        notes = {p["id"]: (p["x"], p["y"]) for p in args.get("notes", [])}
+        flow = editing.move_nodes(self.flow, positions, notes)
+        if args.get("direction") and args["direction"] != flow.canvas.direction:
+            flow = self.guarded(editing.set_direction, flow, args["direction"]) or flow
+        self.apply(flow, inspector=False, save_now=True)
 
     def on_remove(self, args: dict[str, Any]) -> None:
-        flow = editing.remove(self.flow, nodes=args.get("nodes", []), edges=args.get("edges", []))
+        ids = [str(i) for i in args.get("nodes", [])]
+        flow = editing.remove(self.flow, nodes=[i for i in ids if ":" not in i or i in self.flow.node_map],
+                              edges=args.get("edges", []), notes=_prefixed(ids, "note:"),
+                              groups=_prefixed(ids, "group:"))
         if flow == self.flow:
             self.draw()  # the canvas removed something we never had: redraw from the truth
         self.apply(flow, save_now=True)
@@ -212,6 +238,8 @@ class Editor:
         self.apply(flow, save_now=True)
 
     def do_undo(self) -> None:
+        if not self.undo and self._older_version():
+            return
         if not self.undo:
             ui.notify("Nothing to undo")
             return
@@ -228,6 +256,114 @@ class Editor:
         self.flow = self.redo.pop()
         self.last_key = None
         self.changed()
+
+    def _older_version(self) -> bool:
+        """Undo past what this page did: step back through the stored versions (autosaved or from an
+        earlier visit), each restored as a new version so nothing in the history is lost."""
+        if self.history_at <= 1 or self.conflict is not None:
+            return False
+        try:
+            older = self.store.get_flow(self.flow.name, self.history_at - 1)
+        except SubterraError:
+            return False
+        self.history_at -= 1
+        self.redo.append(self.flow)
+        self.flow = older
+        self.last_key = None
+        self.changed()
+        self.flush(force=True)
+        return True
+
+    # -- canvas gestures (copy/paste, connected nodes, notes, groups, search) --------------------------
+    def _canvas_tools(self) -> None:
+        ui.toggle({"TB": "Top-down", "LR": "Left-right"}, value=self.flow.canvas.direction,
+                  on_change=lambda e: self.canvas.auto_layout(e.value)).props("dense no-caps size=sm") \
+            .tooltip("Layout direction (re-runs the auto-layout)").mark("direction")
+        ui.button(icon="sticky_note_2", on_click=self.add_note).props("flat round").tooltip("Add a sticky note") \
+            .mark("add-note")
+        ui.button(icon="search", on_click=lambda: self.canvas.open_search()).props("flat round") \
+            .tooltip("Find a node (Ctrl+K)").mark("search")
+        ui.button(icon="keyboard", on_click=lambda: self.canvas.open_help()).props("flat round") \
+            .tooltip("Keyboard shortcuts (?)").mark("shortcuts")
+
+    def _canvas_events(self) -> None:
+        self.canvas.on("add", lambda e: self.on_add(e.args))
+        self.canvas.on("copy", lambda e: self.on_copy(e.args))
+        self.canvas.on("paste", lambda e: self.on_paste(e.args))
+        self.canvas.on("duplicate", lambda e: self.on_duplicate(e.args))
+        self.canvas.on("start", lambda e: self._set_start(e.args["id"]))
+        self.canvas.on("note", lambda e: self.on_note(e.args))
+        self.canvas.on("group", lambda e: self.on_group(e.args))
+        self.canvas.on("ungroup", lambda e: self.apply(editing.remove(self.flow, groups=[e.args["id"]]), save_now=True))
+
+    def on_add(self, args: dict[str, Any]) -> None:
+        """A node from the canvas: at a point (right-click menu), or connected to `from` (handle drag)."""
+        x, y, role = float(args.get("x", 0)), float(args.get("y", 0)), str(args.get("role"))
+        if args.get("from"):
+            result = self.guarded(editing.add_connected, self.flow, args["from"], role, x, y,
+                                  bool(args.get("incoming")))
+        else:
+            result = self.guarded(editing.add_node, self.flow, role, x, y)
+        if result:
+            flow, node_id = result
+            self.selected = ("node", node_id)
+            self.pending_select = [node_id]
+            self.apply(flow, save_now=True)
+
+    def on_copy(self, args: dict[str, Any]) -> None:
+        snippet = editing.copy_nodes(self.flow, args.get("ids", []))
+        if snippet["nodes"]:
+            CLIPBOARD.clear()
+            CLIPBOARD.update(snippet)
+            ui.notify(f"Copied {len(snippet['nodes'])} node(s) and {len(snippet['edges'])} edge(s)")
+
+    def on_paste(self, args: dict[str, Any]) -> None:
+        """Paste the clipboard with its top-left corner at (x, y) (the pointer), fresh ids, selected."""
+        if not CLIPBOARD.get("nodes"):
+            ui.notify("Nothing to paste: select nodes and press Ctrl+C first")
+            return
+        placed = [n["position"] for n in CLIPBOARD["nodes"] if n.get("position")]
+        x0 = min((p["x"] for p in placed), default=0.0)
+        y0 = min((p["y"] for p in placed), default=0.0)
+        dx = float(args["x"]) - x0 if "x" in args else PASTE_OFFSET
+        dy = float(args["y"]) - y0 if "y" in args else PASTE_OFFSET
+        self._added(self.guarded(editing.paste, self.flow, CLIPBOARD, dx, dy))
+
+    def on_duplicate(self, args: dict[str, Any]) -> None:
+        self._added(self.guarded(editing.duplicate, self.flow, args.get("ids", []), PASTE_OFFSET, PASTE_OFFSET))
+
+    def _added(self, result: tuple[Flow, list[str]] | None) -> None:
+        if result:
+            flow, ids = result
+            self.selected = ("node", ids[0]) if len(ids) == 1 else None
+            self.pending_select = ids
+            self.apply(flow, save_now=True)
+
+    def add_note(self) -> None:
+        x, y = self._free_spot()
+        self.on_note({"x": x, "y": y - 130})
+
+    def on_note(self, args: dict[str, Any]) -> None:
+        if args.get("id"):
+            flow = self.guarded(editing.update_note, self.flow, args["id"], str(args.get("text", "")))
+            if flow:
+                self.apply(flow, save_now=True)
+            return
+        flow, _ = editing.add_note(self.flow, float(args.get("x", 0)), float(args.get("y", 0)),
+                                   str(args.get("text", "")))
+        self.apply(flow, save_now=True)
+
+    def on_group(self, args: dict[str, Any]) -> None:
+        if args.get("ids"):
+            result = self.guarded(editing.add_group, self.flow, args["ids"], str(args.get("label", "")))
+            if result:
+                self.apply(result[0], save_now=True)
+            return
+        label = args.get("label")
+        flow = self.guarded(editing.update_group, self.flow, args.get("id", ""),
+                            label=str(label) if label is not None else None, collapsed=args.get("collapsed"))
+        if flow:
+            self.apply(flow, save_now=True)
 
     # -- autosave and conflicts -------------------------------------------------------------------------
     def flush(self, force: bool = False) -> None:
@@ -248,7 +384,10 @@ class Editor:
         self.status.set_text(f"Saved · version {self.version}")
 
     def _watch_head(self) -> None:
-        """Nothing unsaved here: still tell the user when another tab saved a newer version."""
+        """Nothing unsaved here: still tell the user when another tab saved a newer version, or removed it."""
+        if not self.store.has_flow(self.flow.name):
+            self._show_conflict(0)  # renamed or deleted elsewhere
+            return
         try:
             head = self.store.flow_version(self.flow.name)
         except SubterraError:
@@ -259,26 +398,73 @@ class Editor:
     def _show_conflict(self, theirs: int) -> None:
         self.conflict = theirs
         mine = "your unsaved changes are kept here" if self.dirty else "you have no unsaved changes"
-        self.banner_text.set_text(f"This flow was changed in another tab or window (now version {theirs}, "
-                                  f"you opened version {self.version}); {mine}. Nothing was overwritten.")
+        if not self.store.has_flow(self.flow.name):
+            renamed = self._renamed_to()
+            what = f"renamed to '{renamed}'" if renamed else "deleted"
+            self.banner_text.set_text(f"This flow was {what} in another tab or window; {mine}. \"Overwrite with mine\" "
+                                      f"stores your version as '{self.flow.name}' again.")
+        else:
+            self.banner_text.set_text(f"This flow was changed in another tab or window (now version {theirs}, "
+                                      f"you opened version {self.version}); {mine}. Nothing was overwritten.")
         self.banner.set_visibility(True)
         self.status.set_text("Not saved: changed elsewhere")
 
     def load_theirs(self) -> None:
+        if not self.store.has_flow(self.flow.name):  # theirs is the renamed flow, or nothing (deleted)
+            renamed = self._renamed_to()
+            self.dirty, self.conflict = False, None
+            ui.navigate.to("/flow/" + quote(renamed, safe="") if renamed else "/")
+            return
         self.flow = self.store.get_flow(self.flow.name)
         self.version = self.store.flow_version(self.flow.name)
         self._resolved()
 
     def overwrite(self) -> None:
-        self.version = self.conflict or self.version
+        if not self.store.has_flow(self.flow.name):  # gone: store mine under its name again (atomically)
+            try:
+                self.version = self.store.create_flow(self.flow, message="restored from a tab's edits")
+            except SubterraError:  # the name was taken meanwhile (or breaks the name rule): keep mine as a copy
+                self.save_copy()
+                return
+            self.conflict = None
+            self.banner.set_visibility(False)
+            self.dirty = False
+            self.status.set_text(f"Saved · version {self.version}")
+            return
+        self.version = self.store.flow_version(self.flow.name)  # their head now, not the one first seen
         self._resolved()
 
-    def save_copy(self) -> None:
-        name, k = f"{self.flow.name} (copy)", 2
-        while self.store.has_flow(name):
-            name, k = f"{self.flow.name} (copy {k})", k + 1
-        self.store.save_flow(self.flow.model_copy(update={"name": name}), message=f"copy of {self.flow.name} (conflict)")
-        ui.navigate.to("/flow/" + quote(name, safe=""))
+    def save_copy(self, navigate: bool = True) -> str:
+        """Store this tab's version under a new name (atomic: a name taken meanwhile is skipped)."""
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.flow.name).strip("-._")[:50] or "flow"
+        for k in range(1, 1000):
+            name = f"{base}-copy" if k == 1 else f"{base}-copy-{k}"
+            try:
+                self.store.create_flow(self.flow.model_copy(update={"name": name}),
+                                       message=f"copy of {self.flow.name} (conflict)")
+                break
+            except SubterraError:
+                continue
+        self.dirty = False
+        if navigate:
+            ui.navigate.to("/flow/" + quote(name, safe=""))
+        return name
+
+    def on_close(self) -> None:
+        """The tab closes: save, or, during a conflict, keep this tab's unsaved edits as a copy."""
+        if self.conflict is not None and self.dirty:
+            self.save_copy(navigate=False)
+            return
+        self.flush(force=True)
+
+    def _renamed_to(self) -> str | None:
+        """The flow's new name when another tab renamed it (its newest version records the rename)."""
+        wanted = f"renamed from {self.flow.name}"
+        for f in self.store.list_flows():
+            versions = self.store.versions(f["name"])
+            if versions and max(versions, key=lambda v: v["version"]).get("message") == wanted:
+                return str(f["name"])
+        return None
 
     def _resolved(self) -> None:
         self.conflict = None
@@ -316,11 +502,30 @@ class Editor:
             ui.textarea("Example utterances (one per line)", value="\n".join(n.examples),
                         on_change=lambda e: edit(examples=e.value.split("\n"))) \
                 .props("autogrow").classes("w-full").mark("node-examples")
+            self._dialogue_fields(n, edit)
         with ui.row().classes("gap-2"):
             if self.flow.start != node_id:
-                ui.button("Make start", on_click=lambda: self._set_start(node_id)).props("flat no-caps").mark("make-start")
+                ui.button("Make start", on_click=lambda: self._set_start(node_id)).props("flat no-caps") \
+                    .mark("make-start")
             ui.button("Delete node", icon="delete", on_click=self.delete_selected) \
                 .props("flat no-caps color=negative").mark("delete-node")
+
+    def _dialogue_fields(self, n: Any, edit: Callable[..., None]) -> None:
+        """Which scenario facts this turn gathers, restates or may change (engine.dialogue_state reads them);
+        how each fact is asked for and stated lives with the variable (ask / state / cues in the YAML)."""
+        names = list(self.flow.variables)
+        if not names:
+            return
+        fields = [("gathers", "Gathers (asks for / states these facts)", "node-gathers")]
+        if n.role == "agent":
+            fields.append(("confirms", "Confirms (restates these facts)", "node-confirms"))
+        else:
+            fields.append(("changes", "Changes (the customer may change these on a loop-back)", "node-changes"))
+        for field, label, mark in fields:
+            value = [v for v in getattr(n, field) if v in names]
+            ui.select(names, label=label, value=value, multiple=True,
+                      on_change=lambda e, f=field: edit(**{f: list(e.value or [])})) \
+                .props("use-chips dense").classes("w-full").mark(mark)
 
     def _edge_inspector(self, edge_id: str) -> None:
         e = self._edge(edge_id)
@@ -456,7 +661,8 @@ class Editor:
     def _histogram(self, hist: dict[int, int]) -> dict[str, Any]:
         xs = sorted(hist)
         return {
-            "data": [{"type": "bar", "x": xs, "y": [hist[x] for x in xs], "marker": {"color": theme.ROLE_COLORS["agent"]}}],
+            "data": [{"type": "bar", "x": xs, "y": [hist[x] for x in xs],
+                      "marker": {"color": theme.ROLE_COLORS["agent"]}}],
             "layout": {"margin": {"l": 40, "r": 10, "t": 10, "b": 40}, "xaxis": {"title": {"text": "turns per path"}},
                        "yaxis": {"title": {"text": "paths"}}, "bargap": 0.1},
             "config": {"displayModeBar": False},
@@ -546,3 +752,8 @@ class Editor:
             if pos:
                 return max(p.x for p in placed) + 220, pos.y + 130
         return max(p.x for p in placed) + 220, min(p.y for p in placed) + 130
+
+
+def _prefixed(ids: list[str], prefix: str) -> list[str]:
+    """Canvas ids of notes and groups carry a prefix (`note:<id>`, `group:<id>`): the ids without it."""
+    return [i[len(prefix):] for i in ids if i.startswith(prefix)]

@@ -4,23 +4,28 @@ and version history (list, diff two versions, restore)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nicegui import ui
+from nicegui import run, ui
 from nicegui.events import UploadEventArguments
 
 from engine import editing
 from engine.diff import diff_flows
 from engine.errors import SubterraError
-from engine.flow import Flow
-from engine.formats import FORMATS, dump_flow, parse_flow
+from engine.flow import name_problem
+from engine.formats import DEFAULT_TIMEOUT, FORMATS, ImportResult, export_flow, import_file, import_text
 from engine.store import Store
 from engine.validate import Problem, has_errors, validate
 from ui import theme
 from ui.frame import frame
+from ui.guard import MAX_UPLOAD
 
 EXPORT_SUFFIX = {"json": "json", "yaml": "yaml", "agent2model": "a2m.yaml", "mermaid": "mmd"}
+IMPORT_ACCEPT = ".json,.yaml,.yml,.mmd,.mermaid,.py"
 
 
 def create() -> None:
@@ -43,9 +48,12 @@ class Library:
             ui.label("Flows").classes("text-h5")
             ui.space()
             ui.button("New flow", icon="add", on_click=self.ask_new).props("no-caps").mark("new-flow")
-            ui.upload(label="Import JSON / YAML / agent2model", auto_upload=True, on_upload=self.on_upload,
-                      max_file_size=2 * 1024 * 1024).props('accept=".json,.yaml,.yml" flat bordered') \
-                .classes("w-72").style("max-height: 8rem").mark("import")
+            ui.button("Paste Mermaid", icon="content_paste", on_click=self.ask_paste).props("outline no-caps") \
+                .tooltip("Import a Mermaid flowchart (or flow YAML/JSON) pasted as text").mark("paste-import")
+            ui.upload(label="Import JSON / YAML / agent2model / Mermaid / LangGraph", auto_upload=True,
+                      on_upload=self.on_upload, max_file_size=MAX_UPLOAD) \
+                .props(f'accept="{IMPORT_ACCEPT}" flat bordered') \
+                .classes("w-80").style("max-height: 8rem").mark("import")
         self.table()
 
     @ui.refreshable_method
@@ -61,7 +69,8 @@ class Library:
     def _row(self, f: dict[str, Any]) -> None:
         name = f["name"]
         updated = dt.datetime.fromtimestamp(f["updated"]).strftime("%Y-%m-%d %H:%M")
-        with ui.card().classes("w-full py-2").mark(f"flow-{name}"), ui.row().classes("w-full items-center no-wrap gap-4"):
+        with ui.card().classes("w-full py-2").mark(f"flow-{name}"), \
+                ui.row().classes("w-full items-center no-wrap gap-4"):
             with ui.column().classes("grow gap-0 min-w-0"):
                 ui.link(name, flow_url(name)).classes("text-subtitle1 font-semibold").mark("open")
                 ui.label(f["description"] or "—").classes("text-caption text-grey-7 truncate w-full")
@@ -82,7 +91,7 @@ class Library:
 
     # -- actions ----------------------------------------------------------------------------------
     def ask_new(self) -> None:
-        self._ask_name("New flow", "", lambda name: self.store.save_flow(editing.new_flow(name), message="new flow"),
+        self._ask_name("New flow", "", lambda name: self.store.create_flow(editing.new_flow(name), message="new flow"),
                        open_after=True)
 
     def ask_duplicate(self, name: str) -> None:
@@ -133,18 +142,75 @@ class Library:
         dialog.open()
 
     def export(self, name: str, fmt: str) -> None:
-        flow = self.store.get_flow(name)
-        ui.download.content(dump_flow(flow, fmt).encode(), f"{name}.{EXPORT_SUFFIX[fmt]}")
+        result = export_flow(self.store.get_flow(name), fmt)
+        ui.download.content(result.text.encode(), f"{name}.{EXPORT_SUFFIX[fmt]}")
+        if result.warnings:  # what the format cannot hold, one line per kind
+            ui.notify("\n".join(result.warnings), type="warning", multi_line=True, close_button=True,
+                      timeout=0)
 
     # -- import -----------------------------------------------------------------------------------
     async def on_upload(self, e: UploadEventArguments) -> None:
         data = await e.file.read()
+        if e.file.name.lower().endswith(".py"):
+            self.ask_run_langgraph(e.file.name, data)
+            return
         try:
-            flow = parse_flow(data, source=e.file.name)
+            result = import_text(data, source=e.file.name)
         except SubterraError as err:
             self._import_failed(str(err))
             return
-        self.confirm_import(flow, validate(flow))
+        self.confirm_import(result)
+
+    def ask_paste(self) -> None:
+        with ui.dialog() as dialog, ui.card().classes("w-[44rem] max-w-full"):
+            ui.label("Paste a Mermaid flowchart").classes("text-h6")
+            ui.label("`flowchart TD` or `flowchart LR` text: [text] agent turns, [/text/] customer turns, {text} "
+                     "decisions, ([text]) endings; edge labels become conditions. Flow YAML or JSON works too.") \
+                .classes("text-caption text-grey-8")
+            text = ui.textarea(placeholder="flowchart TD\n    A[Greet] --> B[/Customer asks/]\n    B --> C([Done])") \
+                .props("outlined autogrow input-style='min-height: 12rem; font-family: monospace'") \
+                .classes("w-full").mark("paste-text")
+
+            def read() -> None:
+                try:
+                    result = import_text(text.value or "", source="pasted")
+                except SubterraError as err:
+                    self._import_failed(str(err))
+                    return
+                dialog.close()
+                self.confirm_import(result)
+
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat no-caps")
+                ui.button("Read", on_click=read).props("no-caps").mark("paste-ok")
+        dialog.open()
+
+    def ask_run_langgraph(self, filename: str, data: bytes) -> None:
+        """A LangGraph file is read by running it: say so, and run it only when the person agrees."""
+        with ui.dialog() as dialog, ui.card().classes("w-[36rem]"):
+            ui.label(f"Run {filename} to read its graph?").classes("text-h6")
+            ui.label(f"A LangGraph graph is read by running the file's Python code (in a separate process, for at "
+                     f"most {DEFAULT_TIMEOUT:g} s). Import only files you trust.").classes("text-body2") \
+                .mark("langgraph-warning")
+            spinner = ui.spinner(size="lg").classes("self-center")
+            spinner.visible = False
+
+            async def go() -> None:
+                spinner.visible = True
+                ok.disable()
+                try:
+                    result = await run.io_bound(_import_langgraph_upload, filename, data)
+                except SubterraError as err:
+                    dialog.close()
+                    self._import_failed(str(err))
+                    return
+                dialog.close()
+                self.confirm_import(result)
+
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat no-caps")
+                ok = ui.button("Run it and import", on_click=go).props("no-caps color=warning").mark("run-langgraph")
+        dialog.open()
 
     def _import_failed(self, message: str) -> None:
         with ui.dialog() as dialog, ui.card().classes("w-[36rem]"):
@@ -153,18 +219,30 @@ class Library:
             ui.button("Close", on_click=dialog.close).props("flat no-caps")
         dialog.open()
 
-    def confirm_import(self, flow: Flow, problems: list[Problem]) -> None:
-        with ui.dialog() as dialog, ui.card().classes("w-[40rem]"):
+    def confirm_import(self, result: ImportResult) -> None:
+        flow, problems = result.flow, validate(result.flow)
+        with ui.dialog() as dialog, ui.card().classes("w-[44rem] max-w-full"):
             ui.label(f"Import '{flow.name}' · {len(flow.nodes)} nodes, {len(flow.edges)} edges").classes("text-h6")
+            if result.notes:
+                with ui.column().classes("w-full gap-0").mark("import-summary"):
+                    ui.label(f"What the {result.format} import guessed (check it on the canvas):") \
+                        .classes("text-subtitle2")
+                    for note in result.notes:
+                        ui.label(f"• {note}").classes("text-body2")
             self._problems(problems)
             name = ui.input("Save as", value=self._free_name(flow.name)).classes("w-full").mark("import-name")
 
             def ok() -> None:
                 new = (name.value or "").strip()
-                if not new or self.store.has_flow(new):
-                    ui.notify("pick a name no stored flow has", type="negative")
+                problem = name_problem(new)
+                if problem:
+                    ui.notify(problem, type="negative", multi_line=True)
                     return
-                if self._run(self.store.save_flow, flow.model_copy(update={"name": new}), "imported"):
+                if self.store.has_flow(new):
+                    ui.notify(f"a flow named '{new}' is already stored; pick a name no stored flow has",
+                              type="negative")
+                    return
+                if self._run(self.store.create_flow, flow.model_copy(update={"name": new}), "imported"):
                     dialog.close()
                     self.table.refresh()
                     ui.notify(f"Imported '{new}'", type="positive")
@@ -238,7 +316,27 @@ class Library:
             return False
 
     def _free_name(self, name: str) -> str:
+        if name_problem(name):
+            name = _safe_name(name)
         candidate, k = name, 2
         while self.store.has_flow(candidate):
-            candidate, k = f"{name} {k}", k + 1
+            candidate, k = f"{name}-{k}", k + 1
         return candidate
+
+
+def _safe_name(name: str) -> str:
+    """A suggestion that follows the name rule (the person can still edit it)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._")[:64]
+    return cleaned or "imported"
+
+
+def _import_langgraph_upload(filename: str, data: bytes) -> ImportResult:
+    """Write the upload to a private temp folder and read its graph (runs in a worker thread)."""
+    stem = _safe_name(Path(filename).stem)
+    with tempfile.TemporaryDirectory(prefix="subterra-upload-") as tmp:
+        path = Path(tmp) / f"{stem}.py"
+        path.write_bytes(data)
+        result = import_file(path, fmt="langgraph")
+    for i, note in enumerate(result.notes):
+        result.notes[i] = note.replace(path.name, filename)
+    return result

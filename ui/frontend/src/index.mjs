@@ -4,7 +4,7 @@ import "@vue-flow/core/dist/theme-default.css";
 import "@vue-flow/controls/dist/style.css";
 import "@vue-flow/minimap/dist/style.css";
 
-export { VueFlow, Handle, Position, MarkerType, useVueFlow } from "@vue-flow/core";
+export { VueFlow, Handle, Position, MarkerType, BaseEdge, useVueFlow } from "@vue-flow/core";
 export { Background } from "@vue-flow/background";
 export { Controls, ControlButton } from "@vue-flow/controls";
 export { MiniMap } from "@vue-flow/minimap";
