@@ -25,8 +25,10 @@ def conversations(n: int, seed: int = 0, eval_every: int = 5, max_extra_turns: i
                 {"role": "user", "content": f"About {budget} dollars for {people} people."}]
         for k in range(r.randint(0, max_extra_turns)):
             msgs += [{"role": "assistant", "content": f"Noted. Any preference for day {k + 1} in {d}?"},
-                     {"role": "user", "content": r.choice(["A museum, please.", "Something by the sea.", "No, surprise me."])}]
-        msgs.append({"role": "assistant", "content": f"I found a trip to {d} for {people} within {budget} dollars. Shall I book it?"})
+                     {"role": "user",
+                      "content": r.choice(["A museum, please.", "Something by the sea.", "No, surprise me."])}]
+        msgs.append({"role": "assistant",
+                     "content": f"I found a trip to {d} for {people} within {budget} dollars. Shall I book it?"})
         out.append({"messages": msgs, "meta": {"flow": "travel", "flow_version": 1, "seed": i,
                                                "split": "eval" if i % eval_every == 0 else "train"}})
     return out

@@ -46,7 +46,7 @@ def artifacts_dir() -> Path:
 def smollm2_tokenizer_dir() -> Path:
     os.environ["SUBTERRA_MODELS"] = str(MODEL_CACHE)
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
-    from engine.bundled import smollm2_tokenizer_dir
+    from engine.base_model import smollm2_tokenizer_dir
 
     return smollm2_tokenizer_dir()
 
@@ -76,6 +76,33 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_d
 def smollm2_dir() -> Path:
     """The real bundled SmolLM2-135M-Instruct as a plain checkpoint (converted once, ~50 s)."""
     os.environ["SUBTERRA_MODELS"] = str(MODEL_CACHE)
-    from engine.bundled import smollm2_dir
+    from engine.base_model import smollm2_dir
 
     return smollm2_dir()
+
+
+STUDIO_MAIN = ROOT / "ui" / "main.py"
+
+
+@pytest.fixture
+async def user(subterra_home: Path):  # type: ignore[no-untyped-def]
+    """The studio under NiceGUI's simulated user, on this test's data dir (seeded with the sample flows).
+
+    Its requests carry Host `test`, which ui/main.py admits for the simulation; the front door itself is tested in
+    tests/test_hardening_studio.py. Job workers a test leaves running are killed afterwards."""
+    import signal
+
+    from nicegui.testing.user_simulation import user_simulation
+
+    from engine.jobs import list_jobs
+    from engine.store import Store
+
+    Store()
+    async with user_simulation(main_file=STUDIO_MAIN) as u:
+        yield u
+    for j in list_jobs():
+        if j.live and j.pid:
+            try:
+                os.killpg(j.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

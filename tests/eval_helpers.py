@@ -13,7 +13,7 @@ import time
 
 from engine.agents.base import AgentReply
 from engine.backends.base import Message, Usage
-from engine.conformance import get_embedder
+from engine.evaluate.conformance import get_embedder
 from engine.flow import Flow, render_template
 
 MINI_TRAVEL = {

@@ -90,7 +90,8 @@ class LoggedRequest:
         """The system prompt as plain text, whichever API and shape it came in."""
         if self.api == "anthropic":
             return _text_of(self.body.get("system", ""))
-        return "\n".join(_text_of(m.get("content", "")) for m in self.body.get("messages", []) if m.get("role") == "system")
+        return "\n".join(_text_of(m.get("content", "")) for m in self.body.get("messages", [])
+                         if m.get("role") == "system")
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -282,10 +283,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._log("models", {})
             srv = self.server_ref
             if "anthropic-version" in {k.lower() for k in self.headers}:
-                data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"} for m in srv.models]
+                data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+                        for m in srv.models]
                 self._json(200, {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
             else:
-                self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in srv.models]})
+                models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in srv.models]
+                self._json(200, {"object": "list", "data": models})
             return
         self._json(404, {"error": {"type": "not_found_error", "message": f"no route {self.path}"}})
 
@@ -294,7 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = "anthropic" if path.endswith("/v1/messages") else "openai" if path.endswith("/chat/completions") else None
         body = self._read_body()
         if api is None or body is None:
-            self._json(404 if api is None else 400, {"error": {"type": "invalid_request_error", "message": "bad request"}})
+            self._json(404 if api is None else 400,
+                       {"error": {"type": "invalid_request_error", "message": "bad request"}})
             return
         srv = self.server_ref
         st = srv._state
@@ -378,7 +382,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                      "delta": {"type": "text_delta", "text": piece}})
             self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
-            self._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+            self._event("message_delta", {"type": "message_delta",
+                                          "delta": {"stop_reason": stop, "stop_sequence": None},
                                           "usage": {"output_tokens": usage["output_tokens"]}})
             self._event("message_stop", {"type": "message_stop"})
             self._sse_end()

@@ -269,6 +269,15 @@ async def test_compiled_agent_uses_only_the_minimal_system_prompt(compiled_dir: 
     assert streamed.ttft_s is not None and streamed.ttft_s <= streamed.latency_s
 
 
+def test_compiled_agent_reads_the_system_prompt_a_compile_recorded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The manifest as `subterra compile` writes it: the prompt it trained with, in its config."""
+    model = tmp_path / "compiled"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "subterra.json").write_text(json.dumps({"kind": "subterra-compiled-model", "flow": "travel",
+                                                     "config": {"system_prompt": "You book trips."}}))
+    assert CompiledAgent(model).system_prompt == "You book trips."
+
+
 def test_compiled_agent_falls_back_to_the_flows_system_prompt(tiny_model_dir: Path) -> None:
     flow = load_flow_file(SAMPLE_FLOWS_DIR / "travel.yaml")
     agent = CompiledAgent(tiny_model_dir, flow=flow)
@@ -300,5 +309,6 @@ async def test_orchestrator_needs_the_customers_first_message_when_the_flow_open
     zoom = load_flow_file(SAMPLE_FLOWS_DIR / "zoom.yaml")
     assert zoom.node(zoom.start).role == "user"
     agent = OrchestratorAgent(zoom, get_backend("scripted"))
-    with pytest.raises(ServingError, match=r"starts with the customer's turn \(.+\); pass the customer's first message"):
+    with pytest.raises(ServingError,
+                       match=r"starts with the customer's turn \(.+\); pass the customer's first message"):
         await agent.session().reply([])

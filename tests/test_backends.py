@@ -12,9 +12,9 @@ import pytest
 from fake_llm import FakeLLMServer
 
 from engine.backends import ChatRequest, Message, RenderHints, Sampling, get_backend
+from engine.backends.pricing import PRICES_TAKEN, cost, cost_usd, price_for
 from engine.backends.retry import RetryPolicy
 from engine.errors import BackendResponseError, BackendUnavailableError
-from engine.pricing import PRICES_TAKEN, cost, cost_usd, price_for
 from engine.ratelimit import RateLimiter
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=2.0, jitter=0.0)

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from fake_llm import FakeLLMServer
 
 from engine.backends.base import Usage
+from engine.backends.pricing import cost
 from engine.cli import cli
 from engine.cli.agents import side_by_side
 from engine.formats import load_flow_file
-from engine.pricing import cost
 from engine.serialize import serialize_flow
 from engine.store import SAMPLE_FLOWS_DIR
 

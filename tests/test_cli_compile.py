@@ -9,7 +9,7 @@ import pytest
 from compile_helpers import conversations, write_jsonl
 
 from engine.cli import main
-from engine.train import TrainConfig
+from engine.train.config import TrainConfig
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def test_compile_needs_data_and_a_loadable_base(tmp_path, data, capsys):
     assert main(["compile", "travel", "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.strip() == (
         "error: say what to train on: --dataset NAME (see `subterra datasets list`) or --data FILE.jsonl")
-    assert main(["compile", "travel", "--data", str(data), "--base", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert main(["compile", "travel", "--data", str(data), "--base", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "o")]) == 1
     assert "cannot load base model" in capsys.readouterr().err
     assert main(["compile", "no-such-flow", "--data", str(data)]) == 2
 
@@ -55,7 +56,7 @@ def test_bundle_export_and_import(tmp_path, data, tiny_model_dir, capsys, store)
     assert len((bundle / "data.jsonl").read_text().splitlines()) == 20
     assert (bundle / "hostfile").read_text() == "gpu1 slots=4\ngpu2 slots=4\n"
     assert "deepspeed --hostfile=hostfile --module engine.train train_config.json" in (bundle / "run.sh").read_text()
-    assert (bundle / "src" / "engine" / "train.py").is_file() and (bundle / "base" / "config.json").is_file()
+    assert (bundle / "src" / "engine" / "train" / "loop.py").is_file() and (bundle / "base" / "config.json").is_file()
     assert json.loads((bundle / "ds_config.json").read_text())["zero_optimization"]["stage"] == 3
     # importing refuses a bundle that has not run yet, then takes a trained model dir
     assert main(["bundle", "import", str(bundle)]) == 1

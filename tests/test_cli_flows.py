@@ -34,7 +34,11 @@ nodes:
       - {to: sell, when: the item is in stock}
       - {to: sorry, when: the item is sold out}
   sell: {role: agent, prompt: Sell it., examples: [Here you go.], next: done}
-  sorry: {role: agent, prompt: Apologise., examples: [Sorry.], next: [{to: want, when: they want another item}, {to: gone, when: they leave}]}
+  sorry:
+    role: agent
+    prompt: Apologise.
+    examples: [Sorry.]
+    next: [{to: want, when: they want another item}, {to: gone, when: they leave}]
   done: {terminal: success}
   gone: {terminal: abandonment}
 scenario_variables:
@@ -119,7 +123,8 @@ def test_missing_flow_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "validate", "no-such-flow")
     assert code == 2 and err.startswith("error: no stored flow named 'no-such-flow' and no such file")
     code, _, err = run(capsys, "paths", "missing.yaml")
-    assert code == 2 and err == "error: missing.yaml: cannot read the file (No such file or directory); check the path\n"
+    assert code == 2
+    assert err == "error: missing.yaml: cannot read the file (No such file or directory); check the path\n"
 
 
 # ----------------------------------------------------------------------------------------------

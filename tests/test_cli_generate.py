@@ -91,7 +91,8 @@ def test_max_cost_refuses_to_start(capsys: pytest.CaptureFixture[str]) -> None:
     assert "error: the estimated cost $" in err and "exceeds --max-cost $0.01; lower -n or raise --max-cost" in err
 
 
-def test_local_backend_through_the_cli(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_backend_through_the_cli(tiny_model_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "local.jsonl"
     code = main(["generate", str(TRAVEL), "-n", "1", "--backend", "local", "--model", str(tiny_model_dir),
                  "--dataset", "travel-local", "--out", str(out), "--concurrency", "1", "--max-tokens", "12", "-q"])

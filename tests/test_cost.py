@@ -8,7 +8,7 @@ import pytest
 
 from engine.backends.base import Usage
 from engine.cli import main
-from engine.cost import (
+from engine.evaluate.cost import (
     CostInputs,
     api_usd,
     blended_ratio,

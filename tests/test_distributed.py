@@ -1,4 +1,4 @@
-"""engine.distributed: DeepSpeed ZeRO-3 config and a real two-rank run on CPU (gloo)."""
+"""engine.train.distributed: DeepSpeed ZeRO-3 config and a real two-rank run on CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from compile_helpers import conversations, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from engine.distributed import deepspeed_config, launch, launch_command
-from engine.train import TrainConfig
+from engine.train.config import TrainConfig
+from engine.train.distributed import deepspeed_config, launch, launch_command
 
 
 def _cfg(tmp_path, model_dir, **kw) -> TrainConfig:
@@ -35,7 +35,8 @@ def test_launch_commands(tmp_path):
     assert cpu[-3:] == ["-m", "engine.train", str(tmp_path / "c.json")]
     hosts = tmp_path / "hostfile"
     hosts.write_text("node1 slots=8\nnode2 slots=8\n")
-    multi = launch_command(tmp_path / "c.json", TrainConfig(out=str(tmp_path), deepspeed="zero3", gpus=8), 0, str(hosts))
+    multi = launch_command(tmp_path / "c.json", TrainConfig(out=str(tmp_path), deepspeed="zero3", gpus=8), 0,
+                           str(hosts))
     assert multi[0] == "deepspeed" and f"--hostfile={hosts}" in multi and "--module" in multi
 
 

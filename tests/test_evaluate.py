@@ -12,8 +12,9 @@ from fake_llm import FakeLLMServer
 from scipy.stats import mannwhitneyu
 
 from engine.cli import main
-from engine.evaluate import EvalConfig, compare_runs, run_evaluation
-from engine.judge import CRITERIA
+from engine.evaluate.judge import CRITERIA
+from engine.evaluate.run import EvalConfig, compare_runs, run_evaluation
+from engine.evaluate.schema import EvalReport
 from engine.store import SAMPLE_FLOWS_DIR, Store
 
 HAS_TRAVEL = (SAMPLE_FLOWS_DIR / "travel.yaml").is_file()
@@ -33,36 +34,37 @@ def test_evaluation_separates_a_faithful_agent_from_a_random_one(flow_file, tmp_
                         out=str(tmp_path / "out"), name="mini-eval")
     result = run_evaluation(config, agents=agents, store=store)
     r = result.report
-    walker, rnd = r["agents"]["walker"], r["agents"]["random"]
-    assert walker["conversations"] == 16 and walker["errors"] == 0
-    assert walker["conformance"]["valid_edge_share"]["mean"] == 1.0
-    assert walker["conformance"]["edit_distance"]["mean"] == 0.0
-    assert walker["conformance"]["success"]["mean"] == 1.0 and walker["pass_k"]["2"] == 1.0
-    assert rnd["conformance"]["valid_edge_share"]["mean"] < 0.5
-    ci = walker["turns"]
-    assert ci["ci_low"] <= ci["mean"] <= ci["ci_high"]
+    walker, rnd = r.agents["walker"], r.agents["random"]
+    assert walker.conversations == 16 and walker.errors == 0
+    assert walker.conformance.valid_edge_share.mean == 1.0
+    assert walker.conformance.edit_distance.mean == 0.0
+    assert walker.conformance.success.mean == 1.0 and walker.pass_k["2"] == 1.0
+    assert rnd.conformance.valid_edge_share.mean < 0.5
+    ci = walker.turns
+    assert ci.ci_low <= ci.mean <= ci.ci_high
     # paired by scenario index: 8 pairs; the walker is significantly more faithful than random
-    comp = next(c for c in r["comparisons"] if (c["a"], c["b"]) == ("walker", "random"))
-    edge = comp["objective"]["valid_edge_share"]
-    assert edge["n_a"] == 8 and edge["mean_diff"] > 0.5 and edge["p_holm"] < 0.05 and edge["significant"]
+    comp = next(c for c in r.comparisons if (c.a, c.b) == ("walker", "random"))
+    edge = comp.objective["valid_edge_share"]
+    assert edge.n_a == 8 and edge.mean_diff > 0.5 and edge.p_holm < 0.05 and edge.significant
     # cost: the compiled walker self-hosted vs the in-context random agent's tokens at API prices
-    pair = next(p for p in r["cost"]["pairs"] if p["compiled"] == "walker" and p["versus"] == "random")
-    assert pair["ratio"] > 60 and pair["break_even_conversations"] > 0
-    assert r["provenance"]["flow"] == "minitravel" and r["provenance"]["seed"] == 0
+    pair = next(p for p in r.cost.pairs if p.compiled == "walker" and p.versus == "random")
+    assert pair.ratio > 60 and pair.break_even_conversations > 0
+    assert r.provenance.flow == "minitravel" and r.provenance.seed == 0
     # stored, and the files written
     row = store.db["evaluations"].get(result.id)
     assert row["name"] == "mini-eval" and json.loads(row["report"])["agents"]["walker"]["conversations"] == 16
+    assert EvalReport.model_validate_json(row["report"]) == r  # the stored report reads back into the same model
     html = Path(result.html_path).read_text()
     assert "Plotly.newPlot" in html and "<script src=\"http" not in html  # plotly inline: works offline
     assert "Node mapping" in html and "valid-edge share" in html
     assert json.loads(Path(result.json_path).read_text())["agents"]["random"]["conversations"] == 16
     # across runs (here the same report twice) the comparison is unpaired: Mann-Whitney U on conversations
     across = compare_runs(r, r, "walker", "random")
-    walker_edges = [c["metrics"]["valid_edge_share"] for c in r["conversations"] if c["agent"] == "walker"]
-    random_edges = [c["metrics"]["valid_edge_share"] for c in r["conversations"] if c["agent"] == "random"]
+    walker_edges = [c.metrics.valid_edge_share for c in r.conversations if c.agent == "walker"]
+    random_edges = [c.metrics.valid_edge_share for c in r.conversations if c.agent == "random"]
     ref = mannwhitneyu(walker_edges, [x for x in random_edges if x is not None], alternative="two-sided")
-    assert across["objective"]["valid_edge_share"]["p_value"] == pytest.approx(ref.pvalue)
-    assert across["objective"]["valid_edge_share"]["n_a"] == 16 and "criteria" not in across
+    assert across.objective["valid_edge_share"].p_value == pytest.approx(ref.pvalue)
+    assert across.objective["valid_edge_share"].n_a == 16 and across.criteria is None
 
 
 def test_eval_rejects_a_duplicate_agent(flow_file, capsys):
@@ -92,9 +94,11 @@ def test_subterra_eval_travel_offline_with_a_tiny_compiled_model(tiny_model_dir,
         monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.base_url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-        rc = main(["eval", "travel", "--agent", f"compiled:{compiled}", "--agent", f"in-context:travel@local:{tiny_model_dir}",
+        rc = main(["eval", "travel", "--agent", f"compiled:{compiled}",
+                   "--agent", f"in-context:travel@local:{tiny_model_dir}",
                    "--scenarios", "2", "--max-turns", "2", "--agent-max-tokens", "8", "--concurrency", "2",
-                   "--judge", "openai", "--judge-model", "judge-a", "--judge2", "anthropic", "--judge2-model", "judge-b",
+                   "--judge", "openai", "--judge-model", "judge-a",
+                   "--judge2", "anthropic", "--judge2-model", "judge-b",
                    "--out", str(out), "--json"])
         assert rc == 0, capsys.readouterr().err
         judged = [r for r in srv.requests if r.api in ("openai", "anthropic")]

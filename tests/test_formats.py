@@ -127,7 +127,8 @@ def test_unknown_dump_format() -> None:
 
 def test_bad_json(tmp_path: Path) -> None:
     e = error_of(tmp_path, "f.json", '{"name": "x",, }')
-    assert str(e) == f"{tmp_path / 'f.json'}: invalid JSON at line 1, column 14: Expecting property name enclosed in double quotes"
+    assert str(e) == (f"{tmp_path / 'f.json'}: invalid JSON at line 1, column 14: "
+                      "Expecting property name enclosed in double quotes")
 
 
 def test_bad_yaml(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from fake_llm import FakeLLMServer
 from engine.backends import get_backend
 from engine.backends.retry import RetryPolicy
 from engine.datasets import export_jsonl, iter_conversations, list_datasets, load_jsonl
+from engine.dialogue_state import SAME_REST
 from engine.errors import FlowInvalidError, GenerationError
 from engine.flow import Flow, render_template
 from engine.formats import load_flow_file
@@ -45,7 +46,8 @@ MINI = {
                   "city": {"kind": "choice", "values": ["Paris", "Rome", "Oslo"]}},
     "nodes": [
         {"id": "greet", "role": "agent", "prompt": "Greet the customer.", "examples": ["Hello! How can I help?"]},
-        {"id": "ask", "role": "user", "prompt": "Ask to book a trip to {city}.", "examples": ["I want to go to {city}."]},
+        {"id": "ask", "role": "user", "prompt": "Ask to book a trip to {city}.",
+         "examples": ["I want to go to {city}."]},
         {"id": "hub", "role": "decision"},
         {"id": "ok", "role": "agent", "prompt": "Confirm the booking.", "examples": ["Booked {city} for you, {name}."]},
         {"id": "no", "role": "agent", "prompt": "Say it is full.", "examples": ["Sorry, {city} is full."]},
@@ -85,9 +87,11 @@ def check_conversation(flow: Flow, rec: dict) -> None:
     assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), f"roles do not alternate: {roles}"
     assert all(set(m) == {"role", "content"} and m["content"].strip() for m in msgs)
     assert len(meta["message_nodes"]) == len(msgs)
-    assert len(msgs) == 1 + len(plan_turns(flow, meta["path"])), "a stored conversation must be complete"
+    dropped = 1 if meta.get("customer_first") else 0  # the customer spoke first: no opening greeting
+    assert len(msgs) == 1 + len(plan_turns(flow, meta["path"])) - dropped, "a stored conversation must be complete"
     spoken = [n for n in meta["message_nodes"] if n is not None]
-    assert spoken == [n for n in meta["path"] if flow.node(n).speaks], "messages follow the path's speaking nodes"
+    assert spoken == [n for n in meta["path"] if flow.node(n).speaks][dropped:], \
+        "messages follow the path's speaking nodes"
     for m in msgs[1:]:  # no procedural annotation in the dialogue
         assert not any(f"[{n.id}]" in m["content"] or m["content"].startswith(f"{n.id}:") for n in flow.nodes)
         assert not m["content"].lower().startswith(("agent:", "customer:", "user:", "assistant:"))
@@ -112,8 +116,14 @@ def branch_consistent(flow: Flow, rec: dict) -> None:
         # with loops a node recurs: take the message of this very visit (its occurrence number on the path)
         visit = path[: j + 1].count(path[j])
         said = msgs[[i for i, n in enumerate(nodes) if n == path[j]][visit - 1]]["content"]
-        allowed = {render_template(e, meta["scenario"]).strip() for e in edge.examples}
-        assert said in allowed, f"at hub {nid} the path goes to {path[k + 1]} but the user said {said!r}"
+        # a change of plan gives a variable new values: the branch line may use any of them
+        options = [meta["scenario"]] + [{**meta["scenario"], name: v} for name, vs in meta.get("changes", {}).items()
+                                        for v in vs]
+        allowed = {render_template(e, values).strip() for e in edge.examples for values in options}
+        # the turn also states the facts it was asked for (engine.dialogue_state), around the branch's line;
+        # after "shall I keep everything else?" a plain yes carries the branch
+        assert any(a in said for a in allowed) or said in SAME_REST, \
+            f"at hub {nid} the path goes to {path[k + 1]} but the user said {said!r}"
 
 
 # -- turn planning ----------------------------------------------------------------------------------
@@ -274,7 +284,8 @@ def test_anthropic_generation_with_faults_and_caching(mini: Flow, store: Store) 
     total_read = sum(r["meta"]["usage"]["cache_read_tokens"] for r in recs)
     assert total_read > 0 and report.usage.cache_read_tokens == total_read
     assert report.cost_usd > 0 and report.cost_known
-    assert all(q.body["system"][0]["cache_control"] == {"type": "ephemeral"} for q in srv.requests if q.api == "anthropic")
+    assert all(q.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+               for q in srv.requests if q.api == "anthropic")
     # the API key is never written to the store (database and its WAL)
     for f in store.path.parent.glob("subterra.db*"):
         assert b"sk-test-not-real" not in f.read_bytes()
@@ -299,7 +310,8 @@ def test_cost_cap_before_and_during_the_run(mini: Flow, store: Store, subterra_h
     est = estimate_cost(mini, GenerateConfig(n=10, backend="openai", model="pricey"))
     assert est.price_known and est.usd > 0
     with FakeLLMServer(reply="word " * 400) as srv:  # far longer replies than the estimate assumes
-        cfg = GenerateConfig(n=10, backend="openai", model="pricey", base_url=srv.openai_base_url, max_cost=est.usd / 100)
+        cfg = GenerateConfig(n=10, backend="openai", model="pricey", base_url=srv.openai_base_url,
+                             max_cost=est.usd / 100)
         with pytest.raises(GenerationError, match=r"the estimated cost \$.* of 10 conversations exceeds --max-cost"):
             generate_dataset(mini, cfg, store)
         assert not srv.requests
@@ -348,7 +360,8 @@ def test_kill_9_then_resume_gives_exactly_n(mini: Flow, tmp_path: Path, subterra
     rows = list(store.db.query("select slot, messages, meta from conversations"))
     assert len(rows) == n and sorted(r["slot"] for r in rows) == list(range(n))
     for r in rows:
-        check_conversation(mini, {"messages": json.loads(r["messages"]), "meta": json.loads(r["meta"]) | {"split": "x"}})
+        check_conversation(mini, {"messages": json.loads(r["messages"]),
+                                  "meta": json.loads(r["meta"]) | {"split": "x"}})
     # the rerun only wrote what was missing (plus at most the conversations that were in flight)
     turns_per = max(len(plan_turns(mini, json.loads(r["meta"])["path"])) for r in rows)
     assert len(srv.requests) - requests_before <= (n - killed_at) * turns_per

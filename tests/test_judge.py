@@ -9,7 +9,7 @@ from fake_llm import FakeLLMServer
 
 from engine.backends.base import Message, get_backend
 from engine.errors import BackendResponseError
-from engine.judge import CRITERIA, Judge, Judgement, compare_judges, judge_prompt, parse_verdict
+from engine.evaluate.judge import CRITERIA, Judge, Judgement, compare_judges, judge_prompt, parse_verdict
 
 GOOD = {"task_success": 5, "information_accuracy": 4, "consistency": 4, "graceful_handling": 5,
         "naturalness": 3, "user_posed_challenge": False, "rationale": "Booked the trip."}
@@ -33,7 +33,8 @@ def test_parse_verdict_accepts_fences_and_surrounding_text():
     ('{"task_success": 5, "information_accuracy": ', "the JSON does not parse (Expecting value at character 44)"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "consistency"}), "consistency: Field required"),
     (json.dumps({**GOOD, "naturalness": 7}), "naturalness: Input should be less than or equal to 5"),
-    (json.dumps({**GOOD, "naturalness": 3.5}), "naturalness: Input should be a valid integer, got a number with a fractional part"),
+    (json.dumps({**GOOD, "naturalness": 3.5}),
+     "naturalness: Input should be a valid integer, got a number with a fractional part"),
     (json.dumps({**GOOD, "verdict": "great"}), "verdict: Extra inputs are not permitted"),
 ])
 def test_parse_verdict_names_the_problem(reply, message):

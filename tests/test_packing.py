@@ -1,4 +1,4 @@
-"""engine.packing: padding-free packed batches are isolated per conversation and give the padded loss."""
+"""engine.train.packing: padding-free packed batches are isolated per conversation and give the padded loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from compile_helpers import conversations
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.packing import IGNORE, Example, epoch_order, fit_to_length, pack, pad, shifted_labels
-from engine.render import render_conversation
+from engine.train.packing import IGNORE, Example, epoch_order, fit_to_length, pack, pad, shifted_labels
+from engine.train.render import render_conversation
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_epoch_order_is_deterministic_and_covers_everything():
 
 
 def test_varlen_attention_matches_the_block_diagonal_mask(examples, model, tiny_model_dir):
-    from engine.packing import register_varlen_attention
+    from engine.train.packing import register_varlen_attention
 
     varlen = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
                                                   attn_implementation=register_varlen_attention()).eval()

@@ -1,4 +1,4 @@
-"""engine.render: explicit (ids, mask) rendering on the real SmolLM2 chat template."""
+"""engine.train.render: explicit (ids, mask) rendering on the real SmolLM2 chat template."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import TrainingError
-from engine.render import render_conversation
+from engine.train.render import render_conversation
 
 CONV = [
     {"role": "system", "content": "You are a helpful travel booking assistant."},

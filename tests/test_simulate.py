@@ -8,9 +8,16 @@ from fake_llm import FakeLLMServer
 
 from engine.agents.base import AgentReply
 from engine.backends.base import Message, get_backend
-from engine.conformance import NodeMapper
-from engine.evaluate import run_conversation
-from engine.simulate import END_MARK, LLMUser, Scenario, ScriptedUser, first_speaker, sample_scenarios
+from engine.evaluate.conformance import NodeMapper
+from engine.evaluate.run import run_conversation
+from engine.evaluate.simulate import (
+    END_MARK,
+    LLMUser,
+    Scenario,
+    ScriptedUser,
+    first_speaker,
+    sample_scenarios,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +37,8 @@ def scenario(flow, path: list[str], outcome: str = "success") -> Scenario:
                     path=path, expected_outcome=outcome)
 
 
-CHEAPER_PATH = ["greet", "prefs", "present", "react", "choice", "cheaper", "cheaper_reply", "choice2", "confirm", "done"]
+CHEAPER_PATH = ["greet", "prefs", "present", "react", "choice", "cheaper", "cheaper_reply", "choice2", "confirm",
+                "done"]
 
 
 def test_scenarios_cover_every_edge_and_are_reproducible(flow):

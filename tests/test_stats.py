@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from engine.stats import (
+from engine.evaluate.stats import (
     adjust_family,
     bootstrap_ci,
     cohens_d,

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def flow(name: str = "demo", prompt: str = "Greet the customer.") -> Flow:
     return Flow.model_validate({
         "name": name, "start": "a",
-        "nodes": [{"id": "a", "role": "agent", "prompt": prompt}, {"id": "t", "role": "terminal", "outcome": "success"}],
+        "nodes": [{"id": "a", "role": "agent", "prompt": prompt},
+                  {"id": "t", "role": "terminal", "outcome": "success"}],
         "edges": [{"source": "a", "target": "t"}],
     })
 
@@ -189,13 +190,25 @@ def test_migrations_run_once_in_order(store: Store, monkeypatch: pytest.MonkeyPa
         calls.append("ran")
         db["flows"].add_column("notes", str)
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, add_notes])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, ("900_add_notes", add_notes)])
     Store()
     Store()
     assert calls == ["ran"]
-    n = len(store_mod.MIGRATIONS)
-    assert f"{n:03d}_add_notes" in {r["name"] for r in store.db.query("select name from _migrations")}
+    assert "900_add_notes" in {r["name"] for r in store.db.query("select name from _migrations")}
     assert "notes" in store.db["flows"].columns_dict
+
+
+def test_a_migration_is_known_by_its_own_name_not_its_position(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inserting a migration before the others renames none of them: nothing that already ran runs again."""
+    before = {r["name"] for r in store.db.query("select name from _migrations")}
+    ran: list[str] = []
+    monkeypatch.setattr(store_mod, "MIGRATIONS",
+                        [("000_early", lambda db: ran.append("early")), *store_mod.MIGRATIONS])
+    Store()
+    assert ran == ["early"]
+    assert {r["name"] for r in store.db.query("select name from _migrations")} == before | {"000_early"}
+    with pytest.raises(ValueError, match="used twice"):
+        store_mod.migration("001_initial")(lambda db: None)
 
 
 def test_seeding_stores_each_sample_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

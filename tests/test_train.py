@@ -1,4 +1,4 @@
-"""engine.train: real training of a tiny 2-layer model for a few steps on CPU."""
+"""engine.train.loop: real training of a tiny 2-layer model for a few steps on CPU."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from compile_helpers import conversations, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.errors import TrainingError
-from engine.train import TrainConfig, compile_model
+from engine.train.config import TrainConfig
+from engine.train.loop import compile_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_best_checkpoint_is_kept_and_training_stops_early(tmp_path, tiny_model_d
     assert prov["best_eval_loss"] == min(e["eval_loss"] for e in prov["eval_loss"]) or \
         abs(prov["best_eval_loss"] - min(e["eval_loss"] for e in prov["eval_loss"])) < 1e-4
     # the written weights are the best ones, not the last ones: re-evaluate them
-    from engine import train
+    from engine.train import loop as train
 
     run = train.setup(cfg.model_copy(update={"base": str(out), "out": str(tmp_path / "re"), "add_to_registry": False}))
     assert train.validate(run) == pytest.approx(prov["best_eval_loss"], abs=2e-3)
@@ -111,6 +112,49 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path, tiny_model
     a = AutoModelForCausalLM.from_pretrained(cfg.out).state_dict()
     b = AutoModelForCausalLM.from_pretrained(ref).state_dict()
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-2
+
+
+def test_bf16_weights_with_kahan_adamw_learn_as_fp32_does_and_resume_exactly(tmp_path, tiny_model_dir):
+    """adamw-bf16 (the quick preset on bf16 CPUs): bf16 weights, moments and Kahan buffer; same learning."""
+    from engine.train import loop as train
+
+    ref = compile_model(_cfg(tmp_path, tiny_model_dir, out=str(tmp_path / "fp32"), precision="bf16", epochs=3,
+                             add_to_registry=False))
+    cfg = _cfg(tmp_path, tiny_model_dir, precision="bf16", epochs=3, optimizer="auto", add_to_registry=False)
+    run = train.setup(cfg)
+    assert run.cfg.optimizer == "adamw-bf16"  # auto, with bf16 compute
+    assert {p.dtype for p in run.model.parameters()} == {torch.bfloat16}
+    groups = train._groups(run, 0)
+    for g in groups[:2]:
+        train.train_step(run, g)
+    state = run.stepper.optimizer.state[next(iter(run.model.parameters()))]
+    assert {"exp_avg", "exp_avg_sq", "kahan_comp"} <= set(state) and state["exp_avg"].dtype == torch.bfloat16
+    ckpt = tmp_path / "ckpt"
+    run.stepper.save(ckpt, run.state)
+    again = train.setup(cfg.model_copy(update={"out": str(tmp_path / "again")}))
+    again.stepper.load(ckpt)
+    p0, q0 = next(iter(run.model.parameters())), next(iter(again.model.parameters()))
+    assert torch.equal(p0, q0)
+    assert torch.equal(run.stepper.optimizer.state[p0]["kahan_comp"], again.stepper.optimizer.state[q0]["kahan_comp"])
+    out = compile_model(cfg)
+    prov, ref_prov = (json.loads((d / "subterra.json").read_text()) for d in (out, ref))
+    assert prov["config"]["optimizer"] == "adamw-bf16"
+    first, last = prov["eval_loss"][0]["eval_loss"], prov["eval_loss"][-1]["eval_loss"]
+    assert last < first - 0.05
+    # as far down as fp32 weights and moments get (within 5% of the loss they remove)
+    gain, ref_gain = first - last, ref_prov["eval_loss"][0]["eval_loss"] - ref_prov["eval_loss"][-1]["eval_loss"]
+    assert gain > 0.95 * ref_gain, (prov["eval_loss"], ref_prov["eval_loss"])
+
+
+def test_optimizer_auto_follows_the_compute_dtype_and_bf16_weights_refuse_deepspeed(tmp_path):
+    from engine.train.loop import resolve_optimizer
+
+    cfg = TrainConfig(out=str(tmp_path / "o"), optimizer="auto")
+    assert resolve_optimizer(cfg, torch.bfloat16) == "adamw-bf16"
+    assert resolve_optimizer(cfg, None) == "adamw"
+    assert resolve_optimizer(cfg.model_copy(update={"deepspeed": "zero3"}), torch.bfloat16) == "adamw"
+    with pytest.raises(TrainingError, match="DeepSpeed runs use adamw"):
+        resolve_optimizer(cfg.model_copy(update={"optimizer": "adamw-bf16", "deepspeed": "zero3"}), None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="8-bit AdamW and bf16 on GPU need a CUDA device")

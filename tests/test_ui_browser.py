@@ -93,10 +93,14 @@ def browser() -> Iterator[object]:
 # -- helpers ------------------------------------------------------------------------------------------
 
 def wait_for(driver, condition, what: str, timeout: float = WAIT):  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # an element re-rendered between finding it and reading it is stale: look again, as a person would
+    ignored = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=ignored).until(
+            lambda d: condition(d))
     except Exception as e:  # TimeoutException: say what was awaited
         raise AssertionError(f"timed out waiting for {what}") from e
 
@@ -319,10 +323,17 @@ def test_insurance_loads_fast_and_previews(studio: str, browser, artifacts_dir: 
     assert ys["greet"] < ys["describe_trip"]
     shot(d, artifacts_dir, "imported-layout")
 
-    # select several (Ctrl+click) and delete them together with the Delete key
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
     from selenium.webdriver.common.keys import Keys
 
+    # select several (Ctrl+click) and delete them together with the Delete key
+    # fit-to-screen keeps text readable, so a tall flow shows its top: scroll the canvas to the two nodes
+
+    pane = css(d, ".vue-flow")[0]
+    dy = node(d, "handoff").rect["y"] - pane.rect["y"] - pane.rect["height"] / 3
+    ActionChains(d).scroll_from_origin(ScrollOrigin.from_element(pane), 0, int(max(dy, 0))).perform()
+    time.sleep(0.3)
     node(d, "handoff").click()
     ActionChains(d).key_down(Keys.CONTROL).click(node(d, "escalated")).key_up(Keys.CONTROL).perform()
     wait_for(d, lambda d: len(css(d, ".vue-flow__node.selected")) == 2, "two selected nodes")

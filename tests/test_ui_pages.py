@@ -6,7 +6,6 @@ Each test gets its own data dir (tests/conftest.py), so the pages talk to a real
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,11 @@ import yaml
 from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 from nicegui.testing.user import User
-from nicegui.testing.user_simulation import user_simulation
 
 from engine.store import Store
 from ui.components.flow_canvas import FlowCanvas, assets_built
 
-MAIN = Path(__file__).resolve().parent.parent / "ui" / "main.py"
-
 pytestmark = pytest.mark.skipif(not assets_built(), reason="canvas assets not built; run `make ui-assets`")
-
-
-@pytest.fixture
-async def user(subterra_home: Path) -> AsyncIterator[User]:
-    async with user_simulation(main_file=MAIN) as u:
-        yield u
 
 
 async def settle(seconds: float = 1.8) -> None:
@@ -47,10 +37,10 @@ async def test_library_names_every_sample_flow(user: User) -> None:
 async def test_new_flow_is_stored_and_opened_in_the_editor(user: User) -> None:
     await user.open("/")
     user.find(marker="new-flow").click()
-    user.find(marker="name-input").type("my flow")
+    user.find(marker="name-input").type("my-flow")  # names follow the name rule
     user.find(marker="name-ok").click()
     await user.should_see(marker="canvas", retries=50)  # navigation builds a new page
-    flow = Store().get_flow("my flow")
+    flow = Store().get_flow("my-flow")
     assert [n.role for n in flow.nodes] == ["agent", "terminal"]
     await user.should_see("No problems: this flow can be used.")
 
@@ -251,7 +241,7 @@ async def test_save_from_another_tab_is_detected_not_overwritten(user: User) -> 
     assert "terminal_1" not in store.get_flow("travel").node_map
     user.find(marker="save-copy").click()
     await settle(0.3)
-    copy = store.get_flow("travel (copy)")
+    copy = store.get_flow("travel-copy")  # copies follow the name rule
     assert "terminal_1" in copy.node_map
 
 
@@ -312,7 +302,7 @@ def test_studio_warns_when_listening_beyond_this_machine(subterra_home: Path) ->
     import subprocess
     import sys
 
-    from engine.cli.studio import is_loopback
+    from engine.hosts import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
