@@ -108,3 +108,42 @@ async def test_a_finished_generation_appears_in_the_compile_form(user: User) -> 
     job = start_generation("travel", GenerateConfig(n=6, dataset="fresh"))
     await until(lambda: element(user, "compile-dataset").value == "fresh", "the new dataset in the compile form", 60)
     assert list_jobs()[0].id == job.id
+
+
+async def test_job_buttons_survive_progress_polls(user: User) -> None:
+    """A fast job changes its progress every poll; the Cancel button must stay the same element, or a
+    click landing while it is replaced is lost (the CI race behind a compile that never cancelled)."""
+    import os
+    import time
+
+    store = Store()
+    ids = {}
+    for kind in ("generate", "compile"):
+        ids[kind] = store.insert_runner_job({"kind": kind, "name": "fast", "flow": "travel", "output": f"{kind}:x",
+                                             "entry": f"engine.jobs.{kind}:run", "config": {}})
+        store.update_job(ids[kind], status="running", pid=os.getpid(), heartbeat=time.time(), log=os.devnull)
+
+    def step(i: int) -> None:
+        last = {"step": i, "total": 100, "loss": 1.0 / i, "tokens_per_s": 100.0, "eta_s": 10.0}
+        store.update_job(ids["compile"], heartbeat=time.time(), progress=i / 100, message=f"step {i}/100",
+                         events={"last": last, "losses": [{"step": k, "loss": 1.0 / k} for k in range(1, i + 1)]})
+        store.update_job(ids["generate"], heartbeat=time.time(), progress=i / 100, message=f"{i}/100 done")
+
+    pages = (("/flow/travel?panel=compile", "compile-panel"), ("/flow/travel?panel=generate", "generate-panel"),
+             ("/jobs", f"job-{ids['compile']}"))
+    for page, scope in pages:
+        step(1)
+        await user.open(page)
+        await user.should_see(marker=scope, retries=50)
+        with user.scope(marker=scope):
+            await user.should_see(marker="cancel-job", retries=50)
+            first = element(user, "cancel-job").id
+        for i in range(2, 5):
+            step(i)
+            await asyncio.sleep(1.3)  # longer than a poll
+            with user.scope(marker=scope):
+                assert element(user, "cancel-job").id == first, f"{page}: the Cancel button was rebuilt at step {i}"
+        if page.startswith("/jobs"):
+            await user.should_see("step 4/100")
+    for job_id in ids.values():
+        store.update_job(job_id, status="cancelled", finished=time.time())

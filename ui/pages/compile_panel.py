@@ -36,7 +36,7 @@ from engine.train.presets import PRESETS, apply_preset, default_preset, get_pres
 from engine.train.ray_target import RayTarget, submit_ray_compile
 from ui import theme
 from ui.components.config_form import ConfigForm
-from ui.pages.jobs import job_actions, status_badge
+from ui.pages.jobs import JobHeader
 
 FIELDS = ("base", "epochs", "max_steps", "lr", "batch_size", "precision")
 RAY_FIELDS = ("address", "workers", "gpus_per_worker", "storage")  # the CLI's flags (engine.cli.ray_compile)
@@ -97,6 +97,7 @@ class CompilePanel:
             ui.separator()
             ui.label("Models of this flow").classes("text-subtitle1 font-semibold")
             self.registry = ui.column().classes("w-full gap-1").mark("registry")
+        self.header = JobHeader(self.status_row, self.actions, self.poll)
         self.on_target()
         self.load_datasets()
         self.prefill()
@@ -211,18 +212,12 @@ class CompilePanel:
         self.show_models()
 
     def show_job(self, job: JobRecord | None) -> None:
-        self.status_row.clear()
-        self.actions.clear()
+        self.header.show(job, f"Job {job.id} · {job.name}" if job else "")
         self.chat_box.clear()
         if job is None:
             self.stats.set_text("No compile yet for this flow.")
             self.progress.set_value(0)
             return
-        with self.status_row:
-            ui.label(f"Job {job.id} · {job.name}").classes("text-caption")
-            status_badge(job)
-        with self.actions:
-            job_actions(job, self.poll)
         self.progress.set_value(job.progress)
         ev = job.events or {}
         last = ev.get("last") or {}

@@ -129,22 +129,27 @@ class EvaluatePanel:
                 self.open(int(ev))
 
     def show_job(self) -> None:
+        """The job's card is rebuilt when the job or its status changes; progress and message update in
+        place, so a Cancel click never lands on a button that is being replaced."""
         j = self.job
-        sig = None if j is None else (j.id, j.status, round(j.progress, 3), j.message)
-        if sig == self.job_sig:
-            return
-        self.job_sig = sig
-        self.progress_box.clear()
-        if j is None:
-            return
-        with self.progress_box, ui.card().classes("w-full py-2").mark(f"eval-job-{j.id}"):
-            with ui.row().classes("w-full items-center gap-2"):
-                ui.label(f"Evaluation job {j.id}: {j.name}").classes("font-semibold")
-                status_badge(j)
-                ui.space()
-                job_actions(j, self.poll)
-            ui.linear_progress(value=j.progress, show_value=False).classes("w-full").mark("eval-progress-bar")
-            ui.label(j.message or j.status).classes("text-caption").mark("eval-message")
+        sig = None if j is None else (j.id, j.status, bool(j.log))
+        if sig != self.job_sig:
+            self.job_sig = sig
+            self.progress_box.clear()
+            if j is None:
+                return
+            with self.progress_box, ui.card().classes("w-full py-2").mark(f"eval-job-{j.id}"):
+                with ui.row().classes("w-full items-center gap-2"):
+                    ui.label(f"Evaluation job {j.id}: {j.name}").classes("font-semibold")
+                    status_badge(j)
+                    ui.space()
+                    job_actions(j, self.poll)
+                self.job_bar = ui.linear_progress(value=j.progress, show_value=False).classes("w-full") \
+                    .mark("eval-progress-bar")
+                self.job_message = ui.label(j.message or j.status).classes("text-caption").mark("eval-message")
+        if j is not None:
+            self.job_bar.set_value(j.progress)
+            self.job_message.set_text(j.message or j.status)
 
     # -- the flow's evaluations -------------------------------------------------------------------
     def show_list(self) -> None:

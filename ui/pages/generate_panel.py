@@ -23,7 +23,7 @@ from engine.jobs import JobRecord, list_jobs
 from engine.jobs.generate import KEY_ENV, key_env, start_generation
 from ui import theme
 from ui.components.config_form import ConfigForm
-from ui.pages.jobs import job_actions, status_badge
+from ui.pages.jobs import JobHeader
 
 FIELDS = ("n", "concurrency", "max_cost")
 BACKEND_LABELS = {"scripted": "Scripted (offline, example utterances)", "local": "Local model (transformers)",
@@ -84,6 +84,7 @@ class GeneratePanel:
             self.stats = ui.label("").classes("text-body2").mark("gen-stats")
             ui.separator()
             self.browser()
+        self.header = JobHeader(self.status_row, self.actions, self.poll, env=self.env)
         self.prefill()
         self.on_backend()
         self.poll()
@@ -212,17 +213,11 @@ class GeneratePanel:
             self.load_datasets(select=job.name)
 
     def show_job(self, job: JobRecord | None) -> None:
-        self.status_row.clear()
-        self.actions.clear()
+        self.header.show(job, f"Job {job.id} · {job.name}" if job else "")
         if job is None:
             self.progress.set_value(0)
             self.stats.set_text("No generation yet for this flow.")
             return
-        with self.status_row:
-            ui.label(f"Job {job.id} · {job.name}").classes("text-caption")
-            status_badge(job)
-        with self.actions:
-            job_actions(job, self.poll, env=self.env)
         self.progress.set_value(job.progress)
         p = (job.events or {}).get("progress")
         if p:

@@ -32,6 +32,7 @@ class JobsPage:
     def __init__(self, store: Store):
         self.store = store
         self.signature: Any = None
+        self.rows: dict[int, dict[str, Any]] = {}
 
     def build(self) -> None:
         with ui.row().classes("w-full items-center"):
@@ -44,24 +45,35 @@ class JobsPage:
         ui.timer(POLL_SECONDS, self.poll)
 
     def poll(self) -> None:
+        """Rows are rebuilt when a job appears or changes status; progress, duration and message update
+        in place, so a click on Cancel never lands on a row that is being replaced."""
         jobs = list_jobs(self.store, limit=200)
-        sig = [(j.id, j.status, round(j.progress, 3), j.message) for j in jobs]
-        if sig == self.signature:
-            return
-        self.signature = sig
-        self.table.clear()
-        with self.table:
-            if not jobs:
-                ui.label("No jobs yet: start a generation or a compile from a flow's page.").mark("no-jobs")
-                return
-            with ui.row().classes("w-full no-wrap text-caption text-grey-7 font-semibold px-2"):
-                for text, w in (("#", "w-10"), ("kind", "w-20"), ("flow", "w-32"), ("status", "w-24"),
-                                ("progress", "w-32"), ("started", "w-36"), ("duration", "w-20"), ("message", "grow")):
-                    ui.label(text).classes(w)
-            for j in jobs:
-                self.row(j)
+        sig = [(j.id, j.status, bool(j.log)) for j in jobs]
+        if sig != self.signature:
+            self.signature = sig
+            self.rows = {}
+            self.table.clear()
+            with self.table:
+                if not jobs:
+                    ui.label("No jobs yet: start a generation or a compile from a flow's page.").mark("no-jobs")
+                    return
+                with ui.row().classes("w-full no-wrap text-caption text-grey-7 font-semibold px-2"):
+                    for text, w in (("#", "w-10"), ("kind", "w-20"), ("flow", "w-32"), ("status", "w-24"),
+                                    ("progress", "w-32"), ("started", "w-36"), ("duration", "w-20"),
+                                    ("message", "grow")):
+                        ui.label(text).classes(w)
+                for j in jobs:
+                    self.rows[j.id] = self.row(j)
+        for j in jobs:
+            w = self.rows.get(j.id)
+            if w:
+                w["bar"].set_value(j.progress)
+                w["pct"].set_text(f"{j.progress:.0%}")
+                w["dur"].set_text(_dur(j.duration_s))
+                w["msg"].set_text(j.message)
+                w["msg_tip"].set_text(j.message)
 
-    def row(self, j: JobRecord) -> None:
+    def row(self, j: JobRecord) -> dict[str, Any]:
         with ui.row().classes("w-full no-wrap items-center px-2 py-1 border-b hover:bg-grey-1").mark(f"job-{j.id}"):
             ui.label(str(j.id)).classes("w-10")
             ui.label(j.kind).classes("w-20").mark("job-kind")
@@ -73,16 +85,46 @@ class JobsPage:
             with ui.element("div").classes("w-24"):
                 status_badge(j)
             with ui.row().classes("w-32 items-center no-wrap gap-1"):
-                ui.linear_progress(value=j.progress, show_value=False).props("rounded size=8px").classes("w-20")
-                ui.label(f"{j.progress:.0%}").classes("text-caption")
+                bar = ui.linear_progress(value=j.progress, show_value=False).props("rounded size=8px").classes("w-20")
+                pct = ui.label(f"{j.progress:.0%}").classes("text-caption")
             ui.label(_when(j.started or j.created)).classes("w-36 text-caption")
-            ui.label(_dur(j.duration_s)).classes("w-20 text-caption")
-            ui.label(j.message).classes("grow text-body2 truncate").tooltip(j.message).mark("job-message")
+            dur = ui.label(_dur(j.duration_s)).classes("w-20 text-caption")
+            msg = ui.label(j.message).classes("grow text-body2 truncate").mark("job-message")
+            with msg:
+                tip = ui.tooltip(j.message)
             job_actions(j, self.poll)
+        return {"bar": bar, "pct": pct, "dur": dur, "msg": msg, "msg_tip": tip}
 
 
 def status_badge(j: JobRecord) -> Any:
     return ui.badge(j.status, color=STATUS_COLORS.get(j.status, "grey")).mark(f"status-{j.status}")
+
+
+class JobHeader:
+    """A job's label, status badge and actions, rebuilt only when the job or its status changes.
+
+    Progress polls arrive every second and a fast compile changes its step each time; rebuilding the
+    buttons on every poll would drop a click that lands while the old button is being replaced."""
+
+    def __init__(self, status_row: Any, actions: Any, after: Any = None, env: Any = None):
+        self.status_row, self.actions, self.after, self.env = status_row, actions, after, env
+        self.key: Any = None
+
+    def show(self, j: JobRecord | None, label: str = "") -> None:
+        key = None if j is None else (j.id, j.status, bool(j.log), label)
+        if key == self.key:
+            return
+        self.key = key
+        self.status_row.clear()
+        self.actions.clear()
+        if j is None:
+            return
+        with self.status_row:
+            if label:
+                ui.label(label).classes("text-caption")
+            status_badge(j)
+        with self.actions:
+            job_actions(j, self.after, self.env)
 
 
 def job_actions(j: JobRecord, after: Any = None, env: Any = None) -> None:
