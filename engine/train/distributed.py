@@ -92,14 +92,25 @@ def launch(cfg: TrainConfig, nprocs: int = 2, hostfile: str | None = None, env: 
     return out
 
 
+def init_distributed(cuda: bool) -> None:
+    """Join the process group: NCCL on GPUs, gloo on CPU ranks.
+
+    On CPU ranks DeepSpeed would first JIT-compile its shared-memory all-reduce op (`deepspeed_shm_comm`,
+    one to two minutes of C++ per interpreter, before the first step); gloo's all-reduce serves a
+    small model as well, so the op is marked unavailable unless SUBTERRA_DEEPSPEED_SHM=1 asks for it."""
+    import deepspeed
+    import deepspeed.ops
+
+    if not cuda and os.environ.get("SUBTERRA_DEEPSPEED_SHM") != "1":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+
+
 def run_worker(cfg: TrainConfig) -> Path:
     """One rank: join the group, train under DeepSpeed, rank 0 writes the model dir."""
-    import deepspeed
-
     from engine.train import loop
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
+    init_distributed(torch.cuda.is_available())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     run = loop.setup(cfg, stepper_factory=DeepSpeedStepper)

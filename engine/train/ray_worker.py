@@ -67,17 +67,16 @@ def drive(spec_path: str) -> int:
 
 def train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker = one DeepSpeed rank running the ordinary training loop."""
-    # DeepSpeed JIT-builds its CPU comm op into the torch extensions dir; a runtime env's virtualenv is a
-    # new interpreter, so give each interpreter its own build dir instead of rebuilding everyone's
+    # were DeepSpeed's CPU comm op asked for (SUBTERRA_DEEPSPEED_SHM=1), its JIT build goes into a dir of
+    # this interpreter's own: a runtime env's virtualenv is a new interpreter, and sharing would rebuild
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" / "subterra-ray"
                                                       / hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]))
-    import deepspeed
     import ray.train
     import torch
     import torch.distributed as dist
 
     from engine.train import loop
-    from engine.train.distributed import DeepSpeedStepper
+    from engine.train.distributed import DeepSpeedStepper, init_distributed
 
     spec = RayJob(**config["spec"])
     ctx = ray.train.get_context()
@@ -91,7 +90,7 @@ def train_worker(config: dict[str, Any]) -> None:
         cfg = spec.train.model_copy(update={"out": str(node_dir / spec.train.out),
                                             "data": [str(REPO_ROOT / d) for d in spec.train.data],
                                             "base": _base_dir(spec, node_dir, local_rank)})
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")  # joins Ray Train's process group
+        init_distributed(cuda)  # joins Ray Train's process group
         run = loop.setup(cfg, stepper_factory=DeepSpeedStepper)
         run.device = ray.train.torch.get_device() if cuda else torch.device("cpu")
         if rank == 0:
