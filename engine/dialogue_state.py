@@ -494,8 +494,8 @@ def contradicts(flow: Flow, template: str, state: DialogueState) -> bool:
     return False
 
 
-def alternatives(flow: Flow, name: str, current: Any) -> list[str]:
-    """The other values a choice or text variable can take (long enough to be recognised in text)."""
+def variable_values(flow: Flow, name: str) -> list[str]:
+    """The values a choice or text variable can take that are long enough to be recognised in text."""
     var = flow.variables.get(name)
     if isinstance(var, ChoiceVariable):
         vals = [str(v) for v in var.values]
@@ -503,8 +503,13 @@ def alternatives(flow: Flow, name: str, current: Any) -> list[str]:
         vals = list(var.pool)
     else:
         return []
+    return [v for v in vals if len(v) > 2 and not v.isdigit()]
+
+
+def alternatives(flow: Flow, name: str, current: Any) -> list[str]:
+    """The other values a choice or text variable can take (normalised), without `current`."""
     cur = _norm(str(current))
-    return [_norm(v) for v in vals if _norm(v) != cur and len(v) > 2 and not v.isdigit()]
+    return [_norm(v) for v in variable_values(flow, name) if _norm(v) != cur]
 
 
 def _word(text: str, w: str) -> bool:

@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.datasets import iter_conversations
-from engine.dialogue_state import FactSpec, asked_facts, fact_specs, gathered, stated_facts
+from engine.dialogue_state import FactSpec, asked_facts, fact_specs, gathered, stated_facts, variable_values
 from engine.errors import GenerationError
-from engine.flow import ChoiceVariable, Flow, TextVariable
+from engine.flow import Flow
 from engine.store import Store
 
 
@@ -211,17 +211,6 @@ def _word(text: str, w: str) -> bool:
     return re.search(r"(?<![\w])" + re.escape(w.lower()) + r"(?![\w])", text) is not None
 
 
-def _alternatives(flow: Flow, name: str) -> list[str]:
-    var = flow.variables.get(name)
-    if isinstance(var, ChoiceVariable):
-        vals = [str(v) for v in var.values]
-    elif isinstance(var, TextVariable):
-        vals = list(var.pool)
-    else:
-        return []
-    return [v for v in vals if len(v) > 2 and not v.isdigit()]
-
-
 def _conflicts(flow: Flow, text: str, values: dict[str, Any], history: dict[str, list[str]],
                facts: Iterable[str]) -> list[str]:
     """Facts for which the customer names a value that is neither the scenario's nor one it changed to."""
@@ -229,7 +218,7 @@ def _conflicts(flow: Flow, text: str, values: dict[str, Any], history: dict[str,
     out = []
     for f in facts:
         ok = {str(values.get(f, "")).lower(), *(v.lower() for v in history.get(f, []))}
-        others = [v for v in _alternatives(flow, f) if v.lower() not in ok and not any(v.lower() in o for o in ok)]
+        others = [v for v in variable_values(flow, f) if v.lower() not in ok and not any(v.lower() in o for o in ok)]
         if any(_word(low, v) for v in others):
             out.append(f)
     return out
@@ -246,7 +235,7 @@ def _invented(flow: Flow, text: str, before: Sequence[dict[str, str]], values: d
         current = str(changes.get(f, values.get(f, ""))).lower()
         if current and _word(low, current):
             continue
-        for v in _alternatives(flow, f):
+        for v in variable_values(flow, f):
             if _word(low, v) and not _word(said, v):
                 out.append(f)
                 break
