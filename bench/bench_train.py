@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BASELINE_REV = "9cc0bf7"  # the trainer before issue 15
+BASELINE_REV = "41a0b1d"  # the last landed commit before issue 15: its trainer is `engine/train.py`
 N_CONVERSATIONS = int(os.environ.get("SUBTERRA_BENCH_TRAIN_N", 25))  # 24 train + 1 held out
 BATCH = 4
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +122,11 @@ def work(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ours(a: dict[str, Any]) -> dict[str, Any]:
-    from engine.train.config import TrainConfig
-    from engine.train.loop import fit, setup
+    try:
+        from engine.train.config import TrainConfig
+        from engine.train.loop import fit, setup
+    except ImportError:  # BASELINE_REV: one module, engine/train.py
+        from engine.train import TrainConfig, fit, setup  # type: ignore[attr-defined,no-redef]
 
     cfg = TrainConfig(out=a["out"], base=a["base"], data=[a["data"]], epochs=1, batch_size=BATCH, grad_accum=1,
                       patience=None, save_every=10**6, add_to_registry=False, lr=1e-4, **a["extra"])
