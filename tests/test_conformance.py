@@ -10,6 +10,7 @@ from engine.evaluate.conformance import (
     agent_successors,
     conversation_metrics,
     edit_distance_to_flow,
+    reads_english,
 )
 
 SCENARIO = {"destination": "Lisbon", "month": "May", "budget": 2500, "challenge": "none"}
@@ -97,6 +98,42 @@ def test_a_conversation_that_breaks_the_flow(flow, mapper):
     assert m.repeated_questions == 1
     assert m.facts_wrong == ["destination"]  # Kyoto, which the user never said
     assert "destination" in m.facts_dropped
+
+
+def test_a_customer_who_speaks_first(flow, mapper):
+    """The customer opens where the flow opens with the greeting: the first reply may greet and answer (greet)
+    or go on to the next step (present), and is counted on step; a reply that jumps ahead is not."""
+    opening = u("Hi, I want to go to Lisbon in May, budget 2500 dollars.")
+    on_step = conversation_metrics(flow, [opening, a(say(flow, "present", SCENARIO))], SCENARIO, None, mapper)
+    assert on_step.customer_opened and on_step.first_reply_on_step is True
+    assert on_step.valid_edge_share == 1.0 and on_step.english_share == 1.0
+    assert edit_distance_to_flow(flow, ["present"], customer_opened=True) == 1  # still needs an ending
+    assert edit_distance_to_flow(flow, ["present"]) == 2  # the greeting is missing too
+    ahead = conversation_metrics(flow, [opening, a(say(flow, "confirm", SCENARIO))], SCENARIO, None, mapper)
+    assert ahead.first_reply_on_step is False and ahead.valid_edge_share == 0.0
+    # the agent opening is not a customer opening: the first-reply figure does not apply, and a greeting-less
+    # first move stays invalid
+    agent_first = conversation_metrics(flow, [a(say(flow, "present", SCENARIO))], SCENARIO, None, mapper)
+    assert not agent_first.customer_opened and agent_first.first_reply_on_step is None
+    assert agent_first.valid_edge_share == 0.0
+
+
+@pytest.mark.parametrize("text,english", [
+    ("Welcome! I'd love to help you plan your next trip. Where would you like to go?", True),
+    ("Option A: Plaza Central, $223/night.", True),
+    ("Lisbon, June 12", True),  # names and dates only: neutral
+    ("Zinon de Juniors: 3000€ à Portugal, com a sua esposa em junho.", False),  # seen from an early compile
+    ("Hola, ¿en qué puedo ayudarle con su viaje a Lisboa?", False),
+    ("Ich kann Ihnen mit der Reise helfen.", False),
+    ("Москва это хорошо", False),
+])
+def test_reads_english(text, english):
+    assert reads_english(text) is english
+
+
+def test_english_share_counts_the_agent_messages(flow, mapper):
+    msgs = [a(say(flow, "greet", SCENARIO)), u("Lisbon in May."), a("Claro, tengo dos opciones para usted en Lisboa.")]
+    assert conversation_metrics(flow, msgs, SCENARIO, None, mapper).english_share == 0.5
 
 
 def test_the_wrong_terminal_is_caught(flow, mapper):

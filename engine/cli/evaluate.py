@@ -56,8 +56,8 @@ def cost_cmd(as_json: bool, **kw: float) -> int:
               help="Agent to evaluate (repeat): compiled:DIR, in-context:FLOW@backend[:model], "
                    "orchestrator:FLOW@backend.")
 @options_from(EvalConfig, "scenarios", "repeats", "simulator", "simulator_model", "judge", "judge_model", "judge2",
-              "judge2_model", "concurrency", "max_turns", "seed", "agent_temperature", "agent_max_tokens", "threshold",
-              "margin", "name",
+              "judge2_model", "concurrency", "customer_first", "max_turns", "seed", "agent_temperature",
+              "agent_max_tokens", "threshold", "margin", "name",
               choices={"simulator": simulator_choices, "judge": judge_choices, "judge2": judge_choices})
 @click.option("--out", "out", default="eval-report", show_default=True, metavar="DIR",
               help="Folder for report.html and report.json.")

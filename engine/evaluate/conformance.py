@@ -202,6 +202,11 @@ class ConversationMetrics(BaseModel):
     facts_dropped: list[str] = Field(description="Given facts the agent never used afterwards.")
     facts_wrong: list[str] = Field(description="Variables for which the agent stated a value the user never said.")
     success: bool = Field(description="Objective success: terminal reached with the expected outcome.")
+    english_share: float | None = Field(None, description="Share of agent messages that read as English.")
+    customer_opened: bool = Field(False, description="The customer spoke first although the flow opens with "
+                                  "the assistant (as a person does in a chat window).")
+    first_reply_on_step: bool | None = Field(None, description="Customer opened: the agent's first reply enacts "
+                                             "the flow's first step or the one after it (None otherwise).")
 
 
 def conversation_metrics(
@@ -218,16 +223,17 @@ def conversation_metrics(
     mapping = mapper.map(agent_texts, variables)
     seq = [m.node for m in mapping]
     mapped = [n for n in seq if n is not None]
+    opened = bool(msgs) and msgs[0].role == "user" and _opens_with_agent(flow)
     terminal = _terminal_reached(flow, msgs, seq, mapper, variables)
     outcome = _outcome(flow, terminal)
     questions = [_questions(t) for t in agent_texts]
     facts = _facts(flow, msgs, variables or {})
-    dist = edit_distance_to_flow(flow, seq)
+    dist = edit_distance_to_flow(flow, seq, opened)
     outcome_match = None if expected_outcome is None or terminal is None else outcome == expected_outcome
     return ConversationMetrics(
         agent_turns=len(agent_texts), mapping=mapping,
         unmatched_share=_share(sum(n is None for n in seq), len(seq)),
-        valid_edge_share=_share(_valid_steps(flow, mapped), len(mapped)),
+        valid_edge_share=_share(_valid_steps(flow, mapped, opened), len(mapped)),
         terminal_reached=terminal is not None, terminal=terminal, outcome=outcome,
         expected_outcome=expected_outcome, outcome_match=outcome_match,
         edit_distance=dist, edit_distance_norm=dist / max(len(seq), 1),
@@ -236,6 +242,9 @@ def conversation_metrics(
         one_question_share=_share(sum(len(q) == 1 for q in questions), len(questions)),
         facts_given=facts[0], facts_dropped=facts[1], facts_wrong=facts[2],
         success=terminal is not None and outcome_match is not False,
+        english_share=_share(sum(reads_english(t) for t in agent_texts), len(agent_texts)),
+        customer_opened=opened,
+        first_reply_on_step=(seq[0] in _first_moves(flow, opened)) if opened and seq else None,
     )
 
 
@@ -260,12 +269,13 @@ def agent_successors(flow: Flow, node: str) -> tuple[set[str], set[str]]:
     return agents, terminals
 
 
-def edit_distance_to_flow(flow: Flow, seq: Sequence[str | None]) -> int:
+def edit_distance_to_flow(flow: Flow, seq: Sequence[str | None], customer_opened: bool = False) -> int:
     """Fewest edits turning the agent-node sequence into the agent nodes of a start→terminal walk.
 
     0-1 BFS over states (i, v): i messages consumed, standing at node v. Entering a non-agent node is
     free; entering agent node w either consumes message i (free if it is w, 1 if not) or skips w (1);
-    dropping message i costs 1. The goal is (len(seq), any terminal).
+    dropping message i costs 1. The goal is (len(seq), any terminal). When the customer opened the
+    conversation, skipping the flow's opening agent turn (the greeting it answered) is free.
     """
     n = len(seq)
     dist: dict[tuple[int, str], int] = {(0, _START): 0}
@@ -289,7 +299,8 @@ def edit_distance_to_flow(flow: Flow, seq: Sequence[str | None]) -> int:
             if flow.node(w).role != "agent":
                 moves.append((i, w, 0))
             else:
-                moves.append((i, w, 1))  # the walk visits w, the conversation skipped it
+                skip = 0 if customer_opened and v == _START else 1  # a customer who opened skipped the greeting
+                moves.append((i, w, skip))  # the walk visits w, the conversation skipped it
                 if i < n:
                     moves.append((i + 1, w, 0 if seq[i] == w else 1))
         for j, w, cost in moves:
@@ -314,13 +325,28 @@ def _share(k: int, n: int) -> float | None:
     return k / n if n else None
 
 
-def _valid_steps(flow: Flow, mapped: list[str]) -> int:
+def _valid_steps(flow: Flow, mapped: list[str], customer_opened: bool = False) -> int:
     prev, valid = _START, 0
     for node in mapped:
-        if node in agent_successors(flow, prev)[0]:
+        allowed = _first_moves(flow, customer_opened) if prev == _START else agent_successors(flow, prev)[0]
+        if node in allowed:
             valid += 1
         prev = node
     return valid
+
+
+def _opens_with_agent(flow: Flow) -> bool:
+    return flow.start in flow.node_map and flow.node(flow.start).role == "agent"
+
+
+def _first_moves(flow: Flow, customer_opened: bool) -> set[str]:
+    """Agent nodes a conversation may start with. When the customer spoke first where the flow opens with
+    the assistant, the first reply may be that opening (greeting and answering) or the step after it, the
+    customer's message having taken the place of the first customer turn."""
+    first = agent_successors(flow, _START)[0]
+    if not customer_opened:
+        return first
+    return first.union(*(agent_successors(flow, a)[0] for a in first))
 
 
 def _terminal_reached(flow: Flow, msgs: list[Message], seq: list[str | None], mapper: NodeMapper,
@@ -370,6 +396,38 @@ def _outcome(flow: Flow, terminal: str | None) -> str | None:
         return None
     node = flow.node(terminal)
     return node.outcome or node.id
+
+
+# Function words: a small model drifting out of English ("Zinon de Juniors: 3000€ à Portugal") shows in
+# them before anything else. English ones against those of the languages SmolLM2 drifts into.
+_EN_WORDS = frozenset("""
+the a an and or but if so to of in on at for from with by about as into than then that this these those there
+here is are was were be been being am do does did have has had will would can could shall should may might must
+i you he she it we they me him her us them my your his its our their mine yours what which who whom whose when
+where why how not no yes all any some each every more most other such only own same very just also too please
+let get got go going see find book booked help like want need would're i'm i'll you'll we'll it's that's okay
+""".split())
+_FOREIGN_WORDS = frozenset("""
+de la el los las del y en por para con una uno es está son muy pero como más su sus al lo le les des du et est
+une un ce cette pour avec dans sur qui pas vous nous je tu il elle ils não um uma com para os as do da dos das
+em no na nos nas é são ao pelo pela und der die das ist nicht ein eine mit für auf ich sie wir zu von den dem
+""".split())
+
+
+def reads_english(text: str) -> bool:
+    """Whether a message reads as English: its function words are English ones, and few letters are outside
+    Latin-1 (a script SmolLM2 drifts into). Empty or wordless messages count as English."""
+    words = re.findall(r"[^\W\d_]+(?:'[a-z]+)?", text.lower())
+    if not words:
+        return True
+    letters = [c for c in text if c.isalpha()]
+    if sum(ord(c) > 0x24F for c in letters) > 0.1 * len(letters):
+        return False
+    en = sum(w in _EN_WORDS for w in words)
+    foreign = sum(w in _FOREIGN_WORDS and w not in _EN_WORDS for w in words)
+    if foreign and foreign >= en:
+        return False
+    return en >= 0.15 * len(words) or len(words) < 6  # a short line of names and dates is neutral
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

@@ -19,7 +19,7 @@ from engine.evaluate.schema import EvalReport
 from engine.evaluate.stats import Summary
 
 CONFORMANCE_SHOWN = ("valid_edge_share", "terminal_reached", "outcome_match", "success", "edit_distance_norm",
-                     "unmatched_share", "one_question_share", "facts_dropped_share")
+                     "unmatched_share", "one_question_share", "facts_dropped_share", "english_share")
 SAMPLE_CONVERSATIONS = 2
 
 

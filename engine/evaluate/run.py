@@ -100,7 +100,7 @@ async def evaluate(config: EvalConfig, agents: dict[str, Agent] | None = None, s
     try:
         judges = _judges(config)
         loaded = agents or _load_agents(config, flow)
-        scenarios = sample_scenarios(flow, config.scenarios, seed=config.seed)
+        scenarios = sample_scenarios(flow, config.scenarios, seed=config.seed, customer_first=config.customer_first)
         mapper = NodeMapper(flow, threshold=config.threshold, margin=config.margin)
         records = await _converse_all(config, flow, loaded, scenarios, mapper, report_progress)
         report_progress(0.8, "objective metrics")
@@ -302,6 +302,8 @@ def _agent_summary(spec: str, agent: Agent, recs: list[ConversationRecord], conf
             "one_question_share": _s([x.one_question_share for x in m]),
             "facts_dropped_share": _s([len(x.facts_dropped) / len(x.facts_given) for x in m if x.facts_given]),
             "facts_wrong": _s([len(x.facts_wrong) for x in m]),
+            "english_share": _s([x.english_share for x in m]),
+            "first_reply_on_step": _s([float(x.first_reply_on_step) for x in m if x.first_reply_on_step is not None]),
         },
         "failure_rate_objective": _mean([0.0 if x.success else 1.0 for x in m]),
         "pass_k": _pass_k(recs, config.repeats, lambda r: bool(r.metrics and r.metrics.success)),

@@ -29,6 +29,8 @@ class EvalConfig(BaseModel):
     judge2: str = Field("none", description="Backend of a second judge that re-scores everything.")
     judge2_model: str | None = Field(None, description="Model of the second judge.")
     concurrency: int = Field(4, ge=1, description="Conversations (and judge calls) in flight at once.")
+    customer_first: float = Field(0.0, ge=0, le=1, description="Share of scenarios in which the customer speaks "
+                                  "first, as in a chat window, where the flow opens with the assistant.")
     max_turns: int | None = Field(None, ge=1, description="Agent turns per conversation; default from the path.")
     seed: int = Field(0, description="Seed for scenarios and simulators.")
     agent_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the agents (0: greedy).")
@@ -93,6 +95,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _empty() -> Summary:
+    """No observations (reports saved before a metric existed load with this)."""
+    return Summary(n=0, mean=None, sd=None, ci_low=None, ci_high=None)
+
+
 class ConformanceSummary(_Model):
     """Objective procedure-following metrics of one agent, each summarised over its conversations."""
 
@@ -108,6 +115,10 @@ class ConformanceSummary(_Model):
     one_question_share: Summary = Field(description="Share of agent turns with at most one question.")
     facts_dropped_share: Summary = Field(description="Share of the facts the user gave that the agent dropped.")
     facts_wrong: Summary = Field(description="Facts the agent restated wrongly, per conversation.")
+    english_share: Summary = Field(default_factory=lambda: _empty(),
+                                   description="Share of agent messages that read as English.")
+    first_reply_on_step: Summary = Field(default_factory=lambda: _empty(), description="Conversations the "
+                                         "customer opened: share whose first reply is the flow's first or next step.")
 
 
 class AgentSummary(_Model):

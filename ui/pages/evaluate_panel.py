@@ -29,7 +29,7 @@ from engine.store import Store
 from ui.components.config_form import ConfigForm
 from ui.pages.jobs import job_actions, status_badge
 
-FIELDS = ("scenarios", "repeats", "concurrency", "max_turns", "agent_max_tokens", "seed",
+FIELDS = ("scenarios", "repeats", "customer_first", "concurrency", "max_turns", "agent_max_tokens", "seed",
           "simulator_model", "judge_model", "judge2_model")
 
 
