@@ -8,6 +8,8 @@ measures, from the text of the conversations (so it applies to LLM-written datas
   again in between (a change of plan or second thoughts make asking again legitimate);
 - contradictions: a customer message names another value of a fact than the scenario's (or than the
   value the customer changed it to), or an assistant message names a value the customer never said;
+- facts unused: the customer stated a fact and no later assistant message mentions its value (a
+  confirmation that leaves out the budget teaches a model to drop it);
 - the distinct-utterance ratio (distinct messages / messages, per speaker) and edge coverage (share of
   the flow's edges that some conversation's path takes).
 
@@ -42,6 +44,7 @@ class ConversationQuality(BaseModel):
     stated: list[str] = Field(description="Facts the customer stated.")
     reasked: list[Reask] = Field(description="Facts asked for again after the customer stated them.")
     contradictions: list[str] = Field(description="'customer:fact' / 'assistant:fact' value conflicts.")
+    unused: list[str] = Field(default_factory=list, description="Stated facts no later assistant message mentions.")
 
 
 class QualityReport(BaseModel):
@@ -55,6 +58,9 @@ class QualityReport(BaseModel):
     reasked_share: float | None = Field(description="facts_reasked / facts_stated.")
     conversations_with_reask: float | None = Field(description="Share of conversations with at least one re-ask.")
     reasked_by_fact: dict[str, int] = Field(description="Re-asks per fact.")
+    facts_unused: int = Field(0, description="Stated (conversation, fact) pairs no later assistant message mentions.")
+    unused_share: float | None = Field(None, description="facts_unused / facts_stated.")
+    unused_by_fact: dict[str, int] = Field(default_factory=dict, description="Unused facts per fact.")
     contradictions: int = Field(description="Messages naming a value of a fact that conflicts with the scenario.")
     contradiction_share: float | None = Field(description="Share of conversations with a contradiction.")
     distinct_ratio: float | None = Field(description="Distinct messages / messages (user and assistant).")
@@ -73,6 +79,8 @@ class QualityReport(BaseModel):
             f"facts checked        {', '.join(self.facts) or '(none: no node `gathers` variables)'}",
             f"facts re-asked       {self.facts_reasked}/{self.facts_stated} stated ({pct(self.reasked_share)}); "
             f"{pct(self.conversations_with_reask)} of conversations",
+            f"facts unused         {self.facts_unused}/{self.facts_stated} stated ({pct(self.unused_share)}) never "
+            "used by the assistant afterwards",
             f"contradictions       {self.contradictions} ({pct(self.contradiction_share)} of conversations)",
             f"distinct utterances  {pct(self.distinct_ratio)} (customer {pct(self.distinct_ratio_user)}, "
             f"assistant {pct(self.distinct_ratio_assistant)})",
@@ -104,8 +112,9 @@ def records_quality(flow: Flow, records: Sequence[dict[str, Any]], name: str = "
     """The report over conversation records ({"messages", "meta"}) of `flow`."""
     specs = fact_specs(flow)
     facts = gathered(flow)
-    stated = reasked = contra_convs = contradictions = with_reask = opens = 0
+    stated = reasked = contra_convs = contradictions = with_reask = opens = unused = 0
     by_fact: dict[str, int] = {f: 0 for f in facts}
+    unused_by: dict[str, int] = {f: 0 for f in facts}
     examples: list[Reask] = []
     texts: dict[str, list[str]] = {"user": [], "assistant": []}
     taken: set[tuple[str, str]] = set()
@@ -120,6 +129,9 @@ def records_quality(flow: Flow, records: Sequence[dict[str, Any]], name: str = "
         contra_convs += bool(q.contradictions)
         for r in q.reasked:
             by_fact[r.fact] = by_fact.get(r.fact, 0) + 1
+        unused += len(q.unused)
+        for f in q.unused:
+            unused_by[f] = unused_by.get(f, 0) + 1
         examples += q.reasked[: max(0, 5 - len(examples))]
         for m in messages:
             if m.get("role") in texts:
@@ -137,6 +149,7 @@ def records_quality(flow: Flow, records: Sequence[dict[str, Any]], name: str = "
         dataset=name, flow=flow.name, conversations=n, facts=facts,
         facts_stated=stated, facts_reasked=reasked, reasked_share=_share(reasked, stated),
         conversations_with_reask=_share(with_reask, n), reasked_by_fact=by_fact,
+        facts_unused=unused, unused_share=_share(unused, stated), unused_by_fact=unused_by,
         contradictions=contradictions, contradiction_share=_share(contra_convs, n),
         distinct_ratio=_distinct(all_texts), distinct_ratio_user=_distinct(texts["user"]),
         distinct_ratio_assistant=_distinct(texts["assistant"]),
@@ -181,7 +194,8 @@ def conversation_quality(flow: Flow, messages: Sequence[dict[str, str]], scenari
             known = [f for f in facts if f in _all_stated(messages[:i], values, changes, facts, marked)]
             contradictions += [f"assistant:{f}" for f in _invented(flow, text, messages[:i], values, changes, known)]
     return ConversationQuality(stated=sorted(_all_stated(messages, values, changes, facts, marked)),
-                               reasked=reasks, contradictions=contradictions)
+                               reasked=reasks, contradictions=contradictions,
+                               unused=_unused(messages, values, changes, facts, marked))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +212,25 @@ def _all_stated(messages: Sequence[dict[str, str]], values: dict[str, Any], chan
             if marked is not None and i < len(marked) and isinstance(marked[i], list):
                 out |= {f for f in marked[i] if f in facts}
     return out
+
+
+def _unused(messages: Sequence[dict[str, str]], values: dict[str, Any], changes: dict[str, Any],
+            facts: Sequence[str], marked: list[Any] | None) -> list[str]:
+    """Facts the customer stated that no assistant message after the first statement mentions (its value,
+    or the value it was changed to)."""
+    out = []
+    for f in facts:
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "user"
+                      and f in _all_stated([m], values, changes, facts, None if marked is None else marked[i:i + 1])),
+                     None)
+        if first is None:
+            continue
+        wanted = {str(values.get(f, "")), str(changes.get(f, values.get(f, "")))} - {""}
+        later = [m for m in messages[first + 1:] if m.get("role") == "assistant"]
+        current = {**values, **changes}
+        if not any(f in stated_facts(m.get("content", ""), {**current, f: w}, facts) for m in later for w in wanted):
+            out.append(f)
+    return sorted(out)
 
 
 def _mentions_cue(text: str, spec: FactSpec) -> bool:

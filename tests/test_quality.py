@@ -60,6 +60,19 @@ def test_contradictions_with_the_scenario() -> None:
     assert conversation_quality(TRAVEL, msgs, SCENARIO, meta).contradictions == []
 
 
+def test_a_stated_fact_the_assistant_never_uses_is_counted() -> None:
+    msgs = _msgs("Hi! Where would you like to go?",
+                 "Lisbon, June 12 to June 19, 3 of us from Chicago, about $3,000.",
+                 "Here are two hotels in Lisbon for June 12 to June 19, flights from Chicago included.",  # no budget,
+                 "The first one.",                                                                     # no count
+                 "Booked: Lisbon, June 12 to June 19.")
+    q = conversation_quality(TRAVEL, msgs, SCENARIO)
+    assert q.unused == ["budget", "travelers"]
+    # the 3 of "June 3 to June 10" is not "3 travellers": the other facts' values are masked first
+    msgs = _msgs("Hi!", "3 of us, to Lisbon.", "Lisbon, June 3 to June 10.")
+    assert conversation_quality(TRAVEL, msgs, {**SCENARIO, "travel_dates": "June 3 to June 10"}).unused == ["travelers"]
+
+
 def test_report_over_records_distinct_ratio_and_edge_coverage() -> None:
     recs = [{"messages": _msgs("Hi! Where would you like to go?", "Lisbon.", "Which city will you be flying from?"),
              "meta": {"scenario": SCENARIO, "path": ["greet", "describe_trip", "triage", "ask_details"]}},
@@ -81,10 +94,13 @@ def test_dataset_quality_of_a_generated_dataset(store: Store) -> None:
     assert isinstance(report, QualityReport)
     assert report.conversations == 60 and report.facts_stated > 100
     assert report.facts_reasked == 0 and report.contradictions == 0
+    # confirming turns use what the customer said (before: the budget went unused in 69% of conversations)
+    assert report.unused_share is not None and report.unused_share <= 0.1, report.unused_by_fact
     assert report.edge_coverage == 1.0 and 0.1 < report.customer_first_share < 0.4
     result = CliRunner().invoke(cli, ["datasets", "show", "travel"])
     assert result.exit_code == 0, result.output
     assert "data quality" in result.output and "facts re-asked       0/" in result.output
+    assert "facts unused         " in result.output
     assert "edge coverage        100.0%" in result.output
 
 

@@ -50,6 +50,10 @@ async def test_generate_panel_runs_a_job_to_done_and_browses_it(user: User) -> N
     assert all("×" in e["label"] for e in edges)
     assert all(("st-covered" in e["cls"]) != ("st-uncovered" in e["cls"]) for e in edges)
     await user.should_see(marker="coverage-text")
+    # the dataset's data-quality report, as `subterra datasets show` prints it
+    await user.should_see(marker="data-quality")
+    await user.should_see("facts re-asked")
+    await user.should_see("facts unused")
     # filters: eval split only, then text that no conversation contains
     value_of(user, "filter-split").value = "eval"  # type: ignore[attr-defined]
     await user.should_see("matching conversation(s)")

@@ -50,6 +50,7 @@ def test_generate_twenty_watch_done_browse_and_highlight(studio: str, browser, a
     wait_for(d, lambda d: has_text(d, "20 matching conversation(s)"), "the browser to list the dataset")
     wait_for(d, lambda d: all("×" in e.text for e in css(d, ".vue-flow__edge-text")) and css(d, ".vue-flow__edge-text"),
              "edge coverage counts on the canvas")
+    wait_for(d, lambda d: has_text(d, "facts re-asked") and has_text(d, "facts unused"), "the data-quality report")
     shot(d, artifacts_dir, "generate-done")
     # find a conversation by its text, open it, click one of its assistant messages
     store = Store()

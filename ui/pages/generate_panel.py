@@ -21,6 +21,7 @@ from engine.errors import SubterraError
 from engine.generate import GenerateConfig, estimate_cost
 from engine.jobs import JobRecord, list_jobs
 from engine.jobs.generate import KEY_ENV, key_env, start_generation
+from engine.quality import dataset_quality
 from ui import theme
 from ui.components.config_form import ConfigForm
 from ui.pages.jobs import JobHeader
@@ -127,6 +128,7 @@ class GeneratePanel:
         self.f_text = ui.input("Text contains", on_change=self.refresh_list).props("clearable debounce=300") \
             .classes("w-full").mark("filter-text")
         self.cov_label = ui.label("").classes("text-caption text-grey-8").mark("coverage-text")
+        self.quality = ui.column().classes("w-full gap-0").mark("data-quality")
         self.count = ui.label("").classes("text-caption text-grey-8").mark("browse-count")
         self.results = ui.column().classes("w-full gap-1").mark("conversations")
         self.load_datasets()
@@ -249,7 +251,31 @@ class GeneratePanel:
 
     def on_dataset(self) -> None:
         self.refresh_coverage()
+        self.refresh_quality()
         self.refresh_list()
+
+    def refresh_quality(self) -> None:
+        """The dataset's data-quality report (`subterra datasets show`): does the training data listen?"""
+        ds = self.ds_select.value
+        self.quality.clear()
+        if not ds:
+            return
+        try:
+            report = dataset_quality(self.store, ds)
+        except SubterraError as e:
+            with self.quality:
+                ui.label(f"Data quality: {_first_line(e)}").classes("text-caption text-negative")
+            return
+        with self.quality:
+            ui.label("Data quality").classes("text-caption font-semibold")
+            for line in report.lines():
+                key, _, value = line.strip().partition("  ")
+                if line.startswith(" ") or not value:  # an example re-ask, quoted under the figures
+                    ui.label(line.strip()).classes("text-caption text-grey-7 ellipsis w-full")
+                    continue
+                with ui.row().classes("w-full no-wrap gap-2 text-caption"):
+                    ui.label(key).classes("w-36 shrink-0 text-grey-7")
+                    ui.label(value.strip()).classes("text-grey-9")
 
     def refresh_coverage(self) -> None:
         ds = self.ds_select.value
