@@ -52,6 +52,10 @@ def test_generate_twenty_watch_done_browse_and_highlight(studio: str, browser, a
              "edge coverage counts on the canvas")
     wait_for(d, lambda d: has_text(d, "facts re-asked") and has_text(d, "facts unused"), "the data-quality report")
     shot(d, artifacts_dir, "generate-done")
+    report = css(d, ".nicegui-column[data-marker='data-quality'], [marker='data-quality']") or \
+        xpath(d, '//*[normalize-space()="Data quality"]')
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", report[0])
+    shot(d, artifacts_dir, "generate-data-quality")
     # find a conversation by its text, open it, click one of its assistant messages
     store = Store()
     ds = store.dataset_row("travel-v1")
