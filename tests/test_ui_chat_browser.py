@@ -18,6 +18,7 @@ from test_ui_browser import CHROMEDRIVER, CHROMIUM, browser, css, field, has_tex
 
 from engine.agents.session import scenario_preset
 from engine.agents.worker import shutdown_workers
+from engine.jobs import list_jobs
 from engine.registry import register_model
 from engine.store import Store
 from ui.components.flow_canvas import assets_built
@@ -143,7 +144,7 @@ def test_a_scripted_evaluation_from_the_page_shows_the_report_charts(
     d = browser
     d.get(f"{studio}/chat?tab=evaluate&flow=travel&model=tiny")
     set_field(d, "Agents (one spec per line)", f"compiled:{tiny_registered}\nin-context:travel@local:{tiny_registered}")
-    for label, value in (("Scenarios", "3"), ("Max turns", "3"), ("Agent max tokens", "8")):
+    for label, value in (("Scenarios", "3"), ("Max turns", "3"), ("Agent max tokens", "8"), ("Customer first", "0.5")):
         set_field(d, label, value)
     click(d, "Run evaluation")
     wait_for(d, lambda d: has_text(d, "Evaluation job"), "the job's progress")
@@ -151,4 +152,7 @@ def test_a_scripted_evaluation_from_the_page_shows_the_report_charts(
     wait_for(d, lambda d: len([p for p in css(d, ".js-plotly-plot .main-svg") if p.size["height"] > 200]) >= 3,
              "the report's charts, drawn", 300)
     assert has_text(d, "Procedure following") and has_text(d, "Cost")
+    assert has_text(d, "english_share")  # the English share is one of the charted metrics
+    job = next(j for j in list_jobs() if j.kind == "evaluate")
+    assert job.config["evaluate"]["customer_first"] == 0.5  # the form's field reached the evaluation
     shot(d, artifacts_dir, "evaluate-report", height=3200)
