@@ -273,7 +273,8 @@ def test_drag_from_a_handle_into_empty_space_adds_a_connected_node(studio: str, 
     # from an agent turn the first offer is a user turn
     h = centre(rect(d, f'{card("greet")} .vue-flow__handle.source'))
     gesture(d, [h, (h[0] + 40, h[1] + 20), (h[0] + 420, h[1] + 10)])
-    assert css(d, ".st-menu .st-item")[0].get_attribute("data-action") == "connect-user"
+    items = wait_for(d, lambda d: css(d, ".st-menu .st-item"), "the 'add after' menu of an agent turn")
+    assert items[0].get_attribute("data-action") == "connect-user"
     from selenium.webdriver.common.keys import Keys
 
     keys(d, Keys.ESCAPE)
