@@ -131,6 +131,22 @@ def test_reads_english(text, english):
     assert reads_english(text) is english
 
 
+def test_a_fact_asked_again_after_the_user_gave_it_is_counted():
+    """The model-side twin of the data-quality re-ask check (seen from a compile: "Noted: 6 travellers.
+    How many people are travelling?")."""
+    from engine.formats import load_flow_file
+    from engine.store import SAMPLE_FLOWS_DIR
+
+    travel = load_flow_file(SAMPLE_FLOWS_DIR / "travel.yaml")
+    scenario = {"destination": "Rome", "travelers": 6, "budget": 1500, "origin_city": "Toronto",
+                "travel_dates": "the first week of October"}
+    msgs = [a("Hi! Where would you like to go?"), u("Rome, 6 travellers, from Toronto."),
+            a("Noted: a trip to Rome and 6 travellers. How many people are travelling?"),
+            u("As I said, 6 of us."), a("And what total budget do you have in mind?")]
+    m = conversation_metrics(travel, msgs, scenario, None, NodeMapper(travel))
+    assert m.facts_reasked == ["travelers"]  # the budget had not been given: asking for it is fine
+
+
 def test_english_share_counts_the_agent_messages(flow, mapper):
     msgs = [a(say(flow, "greet", SCENARIO)), u("Lisbon in May."), a("Claro, tengo dos opciones para usted en Lisboa.")]
     assert conversation_metrics(flow, msgs, SCENARIO, None, mapper).english_share == 0.5

@@ -201,6 +201,8 @@ class ConversationMetrics(BaseModel):
     facts_given: list[str] = Field(description="Scenario variables the user stated that the agent should use.")
     facts_dropped: list[str] = Field(description="Given facts the agent never used afterwards.")
     facts_wrong: list[str] = Field(description="Variables for which the agent stated a value the user never said.")
+    facts_reasked: list[str] = Field(default_factory=list, description="Gathered facts the agent asked for again "
+                                     "after the user had stated them (engine.quality's rule, on the agent's turns).")
     success: bool = Field(description="Objective success: terminal reached with the expected outcome.")
     english_share: float | None = Field(None, description="Share of agent messages that read as English.")
     customer_opened: bool = Field(False, description="The customer spoke first although the flow opens with "
@@ -241,6 +243,7 @@ def conversation_metrics(
         questions_per_turn=float(np.mean([len(q) for q in questions])) if questions else None,
         one_question_share=_share(sum(len(q) == 1 for q in questions), len(questions)),
         facts_given=facts[0], facts_dropped=facts[1], facts_wrong=facts[2],
+        facts_reasked=_reasked(flow, msgs, variables or {}),
         success=terminal is not None and outcome_match is not False,
         english_share=_share(sum(reads_english(t) for t in agent_texts), len(agent_texts)),
         customer_opened=opened,
@@ -473,6 +476,14 @@ def _facts(flow: Flow, msgs: list[Message], variables: dict[str, Any]) -> tuple[
         if any(_mentions(text, o) and not any(_mentions(u, o) for _, u in users) for o in others for _, text in agents):
             wrong.append(name)
     return given, dropped, wrong
+
+
+def _reasked(flow: Flow, msgs: list[Message], variables: dict[str, Any]) -> list[str]:
+    """The data-quality report's re-ask check, applied to an evaluated conversation."""
+    from engine.quality import conversation_quality
+
+    msgs_d = [{"role": m.role, "content": m.content} for m in msgs]
+    return [r.fact for r in conversation_quality(flow, msgs_d, variables).reasked]
 
 
 def _plain(value: Any) -> Any:

@@ -302,6 +302,7 @@ def _agent_summary(spec: str, agent: Agent, recs: list[ConversationRecord], conf
             "one_question_share": _s([x.one_question_share for x in m]),
             "facts_dropped_share": _s([len(x.facts_dropped) / len(x.facts_given) for x in m if x.facts_given]),
             "facts_wrong": _s([len(x.facts_wrong) for x in m]),
+            "facts_reasked": _s([len(x.facts_reasked) for x in m]),
             "english_share": _s([x.english_share for x in m]),
             "first_reply_on_step": _s([float(x.first_reply_on_step) for x in m if x.first_reply_on_step is not None]),
         },
