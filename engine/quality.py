@@ -170,7 +170,8 @@ def conversation_quality(flow: Flow, messages: Sequence[dict[str, str]], scenari
     changes = {k: v[-1] for k, v in history.items()}
     marked = meta.get("facts_stated") if isinstance(meta.get("facts_stated"), list) else None
     values = dict(scenario)
-    stated_at: dict[str, int] = {}
+    stated_at: dict[str, int] = {}  # fact -> message that stated it, until it is asked again or brought up again
+    first_said: dict[str, int] = {}  # fact -> message that stated it first
     reasks: list[Reask] = []
     contradictions: list[str] = []
     for i, m in enumerate(messages):
@@ -182,6 +183,7 @@ def conversation_quality(flow: Flow, messages: Sequence[dict[str, str]], scenari
                 said |= {f for f in marked[i] if f in facts}
             for f in said:
                 stated_at.setdefault(f, i)
+                first_said.setdefault(f, i)
             # bringing a fact up again (changing it, second thoughts) makes asking again fair
             for f in facts:
                 if f in stated_at and f not in said and _mentions_cue(text, specs[f]):
@@ -191,44 +193,26 @@ def conversation_quality(flow: Flow, messages: Sequence[dict[str, str]], scenari
             for f in asked_facts(text, specs, [f for f in facts if f in stated_at]):
                 reasks.append(Reask(conversation=index, message=i, fact=f, text=text))
                 del stated_at[f]  # count a fact once per time it was stated
-            known = [f for f in facts if f in _all_stated(messages[:i], values, changes, facts, marked)]
+            known = [f for f in facts if f in first_said]  # stated in an earlier message
             contradictions += [f"assistant:{f}" for f in _invented(flow, text, messages[:i], values, changes, known)]
-    return ConversationQuality(stated=sorted(_all_stated(messages, values, changes, facts, marked)),
-                               reasked=reasks, contradictions=contradictions,
-                               unused=_unused(messages, values, changes, facts, marked))
+    return ConversationQuality(stated=sorted(first_said), reasked=reasks, contradictions=contradictions,
+                               unused=_unused(messages, first_said, values, changes, facts))
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 
 
-def _all_stated(messages: Sequence[dict[str, str]], values: dict[str, Any], changes: dict[str, Any],
-                facts: Sequence[str], marked: list[Any] | None) -> set[str]:
-    out: set[str] = set()
-    for i, m in enumerate(messages):
-        if m.get("role") == "user":
-            out |= set(stated_facts(m.get("content", ""), {**values, **changes}, facts)) & set(changes)
-            out |= set(stated_facts(m.get("content", ""), values, facts))
-            if marked is not None and i < len(marked) and isinstance(marked[i], list):
-                out |= {f for f in marked[i] if f in facts}
-    return out
-
-
-def _unused(messages: Sequence[dict[str, str]], values: dict[str, Any], changes: dict[str, Any],
-            facts: Sequence[str], marked: list[Any] | None) -> list[str]:
+def _unused(messages: Sequence[dict[str, str]], first_said: dict[str, int], values: dict[str, Any],
+            changes: dict[str, Any], facts: Sequence[str]) -> list[str]:
     """Facts the customer stated that no assistant message after the first statement mentions (its value,
     or the value it was changed to)."""
+    current = {**values, **changes}
     out = []
-    for f in facts:
-        first = next((i for i, m in enumerate(messages) if m.get("role") == "user"
-                      and f in _all_stated([m], values, changes, facts, None if marked is None else marked[i:i + 1])),
-                     None)
-        if first is None:
-            continue
-        wanted = {str(values.get(f, "")), str(changes.get(f, values.get(f, "")))} - {""}
-        later = [m for m in messages[first + 1:] if m.get("role") == "assistant"]
-        current = {**values, **changes}
-        if not any(f in stated_facts(m.get("content", ""), {**current, f: w}, facts) for m in later for w in wanted):
+    for f, first in first_said.items():
+        wanted = {str(v) for v in (values.get(f), changes.get(f)) if v is not None} - {""}
+        later = [m.get("content", "") for m in messages[first + 1:] if m.get("role") == "assistant"]
+        if not any(f in stated_facts(text, {**current, f: w}, facts) for text in later for w in wanted):
             out.append(f)
     return sorted(out)
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.backends.base import Message
 from engine.flow import Flow, placeholders, render_template
+from engine.quality import conversation_quality
 
 # Calibrated on the scripted generator's dialogues of the three sample flows (8 seeds each): every agent
 # message's best node was right (108/108), the lowest best score was 0.52 and one margin was 0.02. An
@@ -408,7 +409,7 @@ the a an and or but if so to of in on at for from with by about as into than the
 here is are was were be been being am do does did have has had will would can could shall should may might must
 i you he she it we they me him her us them my your his its our their mine yours what which who whom whose when
 where why how not no yes all any some each every more most other such only own same very just also too please
-let get got go going see find book booked help like want need would're i'm i'll you'll we'll it's that's okay
+let get got go going see find book booked help like want need i'm i'll you'll we'll it's that's okay
 """.split())
 _FOREIGN_WORDS = frozenset("""
 de la el los las del y en por para con una uno es está son muy pero como más su sus al lo le les des du et est
@@ -480,8 +481,6 @@ def _facts(flow: Flow, msgs: list[Message], variables: dict[str, Any]) -> tuple[
 
 def _reasked(flow: Flow, msgs: list[Message], variables: dict[str, Any]) -> list[str]:
     """The data-quality report's re-ask check, applied to an evaluated conversation."""
-    from engine.quality import conversation_quality
-
     msgs_d = [{"role": m.role, "content": m.content} for m in msgs]
     return [r.fact for r in conversation_quality(flow, msgs_d, variables).reasked]
 

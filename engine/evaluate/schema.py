@@ -115,11 +115,11 @@ class ConformanceSummary(_Model):
     one_question_share: Summary = Field(description="Share of agent turns with at most one question.")
     facts_dropped_share: Summary = Field(description="Share of the facts the user gave that the agent dropped.")
     facts_wrong: Summary = Field(description="Facts the agent restated wrongly, per conversation.")
-    facts_reasked: Summary = Field(default_factory=lambda: _empty(),
+    facts_reasked: Summary = Field(default_factory=_empty,
                                    description="Facts asked for again after the user stated them, per conversation.")
-    english_share: Summary = Field(default_factory=lambda: _empty(),
+    english_share: Summary = Field(default_factory=_empty,
                                    description="Share of agent messages that read as English.")
-    first_reply_on_step: Summary = Field(default_factory=lambda: _empty(), description="Conversations the "
+    first_reply_on_step: Summary = Field(default_factory=_empty, description="Conversations the "
                                          "customer opened: share whose first reply is the flow's first or next step.")
 
 
