@@ -454,7 +454,7 @@ def assistant_turn(
         parts.append(_cap(rng.choice(CHANGE_FRAMES).format(facts=phrase)))
     elif node.confirms:
         # a confirming turn uses what the customer said: the facts it confirms that the customer stated, the
-        # assistant has not yet restated and the template leaves out are acknowledged first (else the data
+        # assistant has not yet restated and the template leaves out are restated in the turn (else the data
         # would teach a model to drop them: measured on travel, the budget went unused in 69% of conversations)
         unsaid = [f for f in node.confirms if state.known(f) and f not in state.confirmed and f not in placeholders(t)]
         # at most two, those fewest other nodes confirm first (a long list of facts reads like a gathering turn,

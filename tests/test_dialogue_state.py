@@ -124,8 +124,8 @@ def test_a_confirming_turn_restates_what_its_template_leaves_out_inside_the_turn
     openings = {render_template(t, values).split()[0] for t in node.examples}
     seen_budget = 0
     for seed in range(30):
-        text = render_template(assistant_turn(flow, state, specs, node.examples, random.Random(seed), node=node).template,
-                               values)
+        said = assistant_turn(flow, state, specs, node.examples, random.Random(seed), node=node)
+        text = render_template(said.template, values)
         assert text.split()[0] in openings, text  # the turn opens with the node's own words
         assert text.rstrip().endswith("?") and not asked_facts(text, specs, facts), text  # closes on its question
         restated = [f for f in facts if stated_facts(text, values, [f])]
