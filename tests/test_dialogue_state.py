@@ -20,6 +20,7 @@ import pytest
 
 from engine.backends.base import ChatRequest, ChatResult, Sampling, Usage, get_backend
 from engine.dialogue_state import (
+    MAX_RESTATED,
     DialogueState,
     asked_facts,
     assistant_turn,
@@ -112,7 +113,9 @@ def test_a_confirming_turn_restates_what_its_template_leaves_out_inside_the_turn
     """The options turn restates stated facts its template leaves out (else the data teaches a model to drop
     them), after the template's own opening and before its closing question (restated in front, "For a trip
     to Rome: ...", a 135M model compiled on it opened its options like a gathering turn and asked again for
-    the facts it had just restated: 0.50 re-asked facts a conversation, against 0.05), at most two of them."""
+    the facts it had just restated: 0.50 re-asked facts a conversation, against 0.05), at most three of them,
+    those fewest other turns say first (a travel model trained when the destination went before the dates
+    dropped the dates in 12 of 19 conversations)."""
     flow = FLOWS["travel"]
     node = flow.node("present_options")
     specs, facts = fact_specs(flow), gathered(flow)
@@ -122,7 +125,7 @@ def test_a_confirming_turn_restates_what_its_template_leaves_out_inside_the_turn
     state = DialogueState(values=values, facts=facts)
     state.note_customer(list(facts))
     openings = {render_template(t, values).split()[0] for t in node.examples}
-    seen_budget = 0
+    seen_budget = seen_dates = 0
     for seed in range(30):
         said = assistant_turn(flow, state, specs, node.examples, random.Random(seed), node=node)
         text = render_template(said.template, values)
@@ -131,9 +134,11 @@ def test_a_confirming_turn_restates_what_its_template_leaves_out_inside_the_turn
         restated = [f for f in facts if stated_facts(text, values, [f])]
         template_facts = max((t for t in node.examples if text.startswith(render_template(t, values).split(".")[0])),
                              key=len, default="")
-        assert len(restated) - len([f for f in facts if "{" + f + "}" in template_facts]) <= 2, text
+        assert len(restated) - len([f for f in facts if "{" + f + "}" in template_facts]) <= MAX_RESTATED, text
         seen_budget += "$3000" in text
+        seen_dates += "June 12 to June 19" in text
     assert seen_budget == 30  # the budget, which no other node confirms, is never left out
+    assert seen_dates == 30  # nor the dates, which only the booking says again
 
 
 def test_how_much_is_said_up_front_follows_the_persona() -> None:
