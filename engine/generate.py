@@ -295,14 +295,15 @@ def make_backend(config: GenerateConfig) -> Backend:
 
 
 def preview_dialogue(flow: Flow, path: list[str] | None = None, seed: int = 0,
-                     backend: str | Backend = "scripted") -> list[dict[str, Any]]:
-    """One dialogue along `path` (default: a sampled one) as [{role, content, node}], no store.
+                     backend: str | Backend = "scripted", customer_first: bool = False) -> list[dict[str, Any]]:
+    """One dialogue along `path` (default: a sampled one) as [{role, content, node}], no store;
+    `customer_first`: the customer opens, as in a share of a dataset's conversations.
 
     Instant with the scripted backend; the studio's "preview dialogue" button calls it. Safe to
     call from inside a running event loop (it then runs on a worker thread); async code can
     await `apreview_dialogue` instead.
     """
-    coro = apreview_dialogue(flow, path, seed, backend)
+    coro = apreview_dialogue(flow, path, seed, backend, customer_first)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -312,13 +313,14 @@ def preview_dialogue(flow: Flow, path: list[str] | None = None, seed: int = 0,
 
 
 async def apreview_dialogue(flow: Flow, path: list[str] | None = None, seed: int = 0,
-                            backend: str | Backend = "scripted") -> list[dict[str, Any]]:
+                            backend: str | Backend = "scripted",
+                            customer_first: bool = False) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     path = path or sample_paths(flow, 1, seed=seed)[0]
     scenario = sample_scenario(flow, rng)
     be = get_backend(backend) if isinstance(backend, str) else backend
     try:
-        conv = await write_conversation(flow, path, scenario, be, seed, Sampling())
+        conv = await write_conversation(flow, path, scenario, be, seed, Sampling(), customer_first=customer_first)
     finally:
         if isinstance(backend, str):
             await be.aclose()

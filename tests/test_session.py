@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fake_llm import FakeLLMServer
 
-from engine.agents.session import ColumnConfig, ColumnEvent, SideBySide, first_agent_nodes, map_step
+from engine.agents.session import ColumnConfig, ColumnEvent, SideBySide, map_step
 from engine.agents.worker import WorkerBackend, shutdown_workers
 from engine.backends.base import ChatRequest, Message, Sampling
-from engine.evaluate.conformance import NodeMapper
+from engine.evaluate.conformance import NodeMapper, first_moves
 from engine.registry import register_model
 from engine.store import load_flow
 
@@ -58,11 +58,15 @@ def test_map_step_names_the_node_and_checks_the_edge(travel) -> None:  # noqa: A
     greet = travel.node("greet")
     step = map_step(travel, mapper, None, greet.examples[0] if greet.examples else greet.prompt)
     assert step.node == "greet" and step.on_edge is True and step.previous is None
-    assert first_agent_nodes(travel) == {"greet"}
+    assert first_moves(travel, False) == {"greet"}
     terminal_ish = next(n for n in travel.nodes if n.role == "agent" and n.id != "greet"
-                        and n.id not in first_agent_nodes(travel) and n.examples)
+                        and n.id not in first_moves(travel, True) and n.examples)
     jump = map_step(travel, mapper, None, terminal_ish.examples[0])
     assert jump.node == terminal_ish.id and jump.on_edge is False  # opening with it skips the procedure
+    # the person typed first: the reply greets, then takes the step after the greeting, on an edge
+    options = "Hi there, welcome to Wayfarer Travel! " + travel.node("present_options").examples[0]
+    answered = map_step(travel, mapper, None, options, greeted=True)
+    assert answered.node == "present_options" and answered.on_edge is True
 
 
 async def test_side_by_side_greets_streams_prices_and_maps_each_column(travel, tiny_model_dir: Path,  # noqa: ANN001

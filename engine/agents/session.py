@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.agents.base import Agent, AgentReply
 from engine.backends.base import Backend, Message, Sampling, get_backend, is_local_backend
 from engine.errors import ServingError, SubterraError
-from engine.evaluate.conformance import NodeMapper, agent_successors
+from engine.evaluate.conformance import NodeMapper, agent_successors, first_moves
 from engine.evaluate.cost import PriceTable, api_usd, price_table, self_hosted_usd
 from engine.evaluate.simulate import LLMUser, Scenario, ScriptedUser, UserSimulator, sample_scenarios
 from engine.flow import Flow
@@ -220,7 +220,10 @@ class ChatColumn:
                          latency_s=latency, cost_usd=cost, api_equivalent_usd=api_eq, hosting=self.hosting)
 
     def _step(self, text: str, reported: str | None, variables: dict[str, Any] | None) -> NodeStep:
-        return map_step(self.flow, self.mapper, self.path[-1] if self.path else None, text, reported, variables)
+        said = [m for m in self.messages if m.content]
+        greeted = bool(said) and said[0].role == "user" and not any(m.role == "assistant" for m in said)
+        return map_step(self.flow, self.mapper, self.path[-1] if self.path else None, text, reported, variables,
+                        greeted)
 
     def _status(self, status: Status, text: str) -> ColumnEvent:
         self.status = status
@@ -232,24 +235,16 @@ class ResetError(Exception):
 
 
 def map_step(flow: Flow, mapper: NodeMapper, previous: str | None, text: str, reported: str | None = None,
-             variables: dict[str, Any] | None = None) -> NodeStep:
-    """The node a reply maps to and whether reaching it from `previous` follows an edge of the flow."""
-    match = mapper.map([text], variables)[0]
+             variables: dict[str, Any] | None = None, greeted: bool = False) -> NodeStep:
+    """The node a reply maps to and whether reaching it from `previous` follows an edge of the flow;
+    `greeted`: the person spoke first and this is the first reply (it may greet, then take the next step)."""
+    match = mapper.map([text], variables, greeted=greeted)[0]
     on_edge = None
     if match.node is not None:
-        on_edge = match.node in (first_agent_nodes(flow) if previous is None else agent_successors(flow, previous)[0])
+        first = first_moves(flow, greeted) if previous is None else agent_successors(flow, previous)[0]
+        on_edge = match.node in first
     return NodeStep(node=match.node, best=match.best, score=match.score, previous=previous, on_edge=on_edge,
                     reported=reported)
-
-
-def first_agent_nodes(flow: Flow) -> set[str]:
-    """Agent nodes a conversation can open with: the start, or those after it through user turns and hubs."""
-    start = flow.node_map.get(flow.start)
-    if start is None:
-        return set()
-    if start.role == "agent":
-        return {start.id}
-    return agent_successors(flow, start.id)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ from engine.quality import conversation_quality
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MARGIN = 0.03
 REPEAT_THRESHOLD = 0.9
+# A sentence this close to one of the opening node's greeting sentences is the greeting a reply to a
+# customer who spoke first opens with (the generator's greetings are those sentences, a compiled model's
+# are near copies).
+GREETING_SIMILARITY = 0.7
 _START = "\x00start"  # virtual node before the flow's start node
 
 
@@ -156,7 +160,51 @@ class NodeMapper:
                     owners.append(i)
         return texts, owners
 
-    def map(self, messages: Sequence[str], variables: dict[str, Any] | None = None) -> list[NodeMatch]:
+    def map(self, messages: Sequence[str], variables: dict[str, Any] | None = None,
+            greeted: bool = False) -> list[NodeMatch]:
+        """The node each message enacts. `greeted`: the customer spoke first, so the first message may open
+        with the flow's greeting before its step; it is mapped on what follows the greeting, and on what
+        follows the acknowledgement after it when that reads as a step other than the greeting."""
+        matches = self._map(messages, variables)
+        plain = self.after_greeting(messages[0]) if greeted and messages else None
+        if plain is not None:
+            matches[0] = self._map([plain], variables)[0]
+            bare = self.after_greeting(messages[0], acknowledgement=True)
+            if bare not in (None, plain):
+                match = self._map([bare], variables)[0]
+                if match.node not in (None, self.flow.start):
+                    matches[0] = match
+        return matches
+
+    def after_greeting(self, text: str, acknowledgement: bool = False) -> str | None:
+        """What a reply says after its opening greeting, or None when it does not open with one.
+
+        The greeting is the run of leading sentences that ask nothing and read as a greeting: they use a
+        greeting's words or are close to a sentence of the opening node's examples. `acknowledgement`:
+        drop as well the acknowledgement of what the customer said that may follow it ("Welcome to Harbor
+        Mutual. I'll help you get your claim started. Noted: policy HM-1 and the auto claim. That sounds
+        stressful. When did ...?" → "That sounds stressful. When did ...?"). A reply that is all greeting
+        is left whole (None); so is one from a flow that does not open with the assistant."""
+        start = self.flow.node_map.get(self.flow.start)
+        sentences = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+        if start is None or start.role != "agent" or len(sentences) < 2:
+            return None
+        examples = [s.strip() for t in start.examples for s in _SENTENCE.split(t)
+                    if s.strip() and not s.strip().endswith("?") and not placeholders(s)]
+        close = np.zeros(len(sentences), dtype=bool)
+        if examples:
+            close = (self.embedder.embed(sentences) @ self.embedder.embed(examples).T).max(axis=1) \
+                >= GREETING_SIMILARITY
+        k = 0
+        while k < len(sentences) and not sentences[k].endswith("?") and (
+                close[k] or _GREETING.search(sentences[k])):
+            k += 1
+        if k and acknowledgement:
+            while k < len(sentences) and _ACKNOWLEDGEMENT.search(sentences[k]):
+                k += 1
+        return " ".join(sentences[k:]) if 0 < k < len(sentences) else None
+
+    def _map(self, messages: Sequence[str], variables: dict[str, Any] | None = None) -> list[NodeMatch]:
         if not messages or not self.nodes:
             return [NodeMatch(node=None, score=0.0, best="") for _ in messages]
         texts, owners = self.node_texts(variables if self.render_scenario else None)
@@ -223,10 +271,10 @@ def conversation_metrics(
     msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
     msgs = [m for m in msgs if m.role != "system"]
     agent_texts = [m.content for m in msgs if m.role == "assistant"]
-    mapping = mapper.map(agent_texts, variables)
+    opened = bool(msgs) and msgs[0].role == "user" and _opens_with_agent(flow)
+    mapping = mapper.map(agent_texts, variables, greeted=opened)
     seq = [m.node for m in mapping]
     mapped = [n for n in seq if n is not None]
-    opened = bool(msgs) and msgs[0].role == "user" and _opens_with_agent(flow)
     terminal = _terminal_reached(flow, msgs, seq, mapper, variables)
     outcome = _outcome(flow, terminal)
     questions = [_questions(t) for t in agent_texts]
@@ -248,7 +296,7 @@ def conversation_metrics(
         success=terminal is not None and outcome_match is not False,
         english_share=_share(sum(reads_english(t) for t in agent_texts), len(agent_texts)),
         customer_opened=opened,
-        first_reply_on_step=(seq[0] in _first_moves(flow, opened)) if opened and seq else None,
+        first_reply_on_step=(seq[0] in first_moves(flow, opened)) if opened and seq else None,
     )
 
 
@@ -332,7 +380,7 @@ def _share(k: int, n: int) -> float | None:
 def _valid_steps(flow: Flow, mapped: list[str], customer_opened: bool = False) -> int:
     prev, valid = _START, 0
     for node in mapped:
-        allowed = _first_moves(flow, customer_opened) if prev == _START else agent_successors(flow, prev)[0]
+        allowed = first_moves(flow, customer_opened) if prev == _START else agent_successors(flow, prev)[0]
         if node in allowed:
             valid += 1
         prev = node
@@ -343,7 +391,7 @@ def _opens_with_agent(flow: Flow) -> bool:
     return flow.start in flow.node_map and flow.node(flow.start).role == "agent"
 
 
-def _first_moves(flow: Flow, customer_opened: bool) -> set[str]:
+def first_moves(flow: Flow, customer_opened: bool) -> set[str]:
     """Agent nodes a conversation may start with. When the customer spoke first where the flow opens with
     the assistant, the first reply may be that opening (greeting and answering) or the step after it, the
     customer's message having taken the place of the first customer turn."""
@@ -435,6 +483,14 @@ def reads_english(text: str) -> bool:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# the words a greeting is made of, in the sentences an assistant opens with
+_GREETING = re.compile(
+    r"^(hi|hello|hey|welcome|good (morning|afternoon|evening))\b|\bwelcome to\b|\byou've reached\b|"
+    r"\bthanks? (you )?for (reaching out|contacting|getting in touch|calling)\b|"
+    r"\b(i'm|i am)\b.{0,60}\b(assistant|agent)\b|\b(i'd|i would) love to help\b|"
+    r"\b(i'll|i will|i can|happy to|glad to) help you\b", re.IGNORECASE)
+_ACKNOWLEDGEMENT = re.compile(r"^(so far i have|got it|noted|understood|thanks|thank you|great|okay|ok)\b[^?]*[.!]$",
+                              re.IGNORECASE)
 
 
 def _questions(text: str) -> list[str]:

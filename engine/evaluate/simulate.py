@@ -137,7 +137,9 @@ class ScriptedUser:
 
     async def reply(self, history: list[Message]) -> UserTurn:
         last = next((m.content for m in reversed(history) if m.role == "assistant"), "")
-        self.last_node = self.mapper.map([last], self.state.values)[0].node
+        said = [m for m in history if m.role != "system"]
+        greeted = bool(said) and said[0].role == "user" and sum(m.role == "assistant" for m in said) == 1
+        self.last_node = self.mapper.map([last], self.state.values, greeted=greeted)[0].node
         facts = self.state.facts
         self.state.note_assistant(asked_facts(last, self.specs, facts), stated_facts(last, self.state.values, facts))
         anchor = self._locate(self.last_node)
