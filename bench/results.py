@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conversations", type=int, default=None, help="Training conversations (default: the preset's).")
     ap.add_argument("--max-tokens", type=int, default=96, help="Most tokens per agent message.")
     ap.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="Conversations in flight at once (default: the evaluator's).")
     ap.add_argument("--out", default=str(ROOT / "results"), help="Output folder.")
     ap.add_argument("--no-readme", action="store_true", help="Do not write the README table.")
     a = ap.parse_args(argv)
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows = []
     for flow in a.flows.split(","):
-        rows.append(run_flow(flow.strip(), out, a.scenarios, a.repeats, a.conversations, a.max_tokens, engine))
+        rows.append(run_flow(flow.strip(), out, a.scenarios, a.repeats, a.conversations, a.max_tokens, engine,
+                             a.concurrency))
         _write(out, rows, a, engine, time.monotonic() - started)  # partial results survive a later failure
     summary = _write(out, rows, a, engine, time.monotonic() - started)
     if not a.no_readme:
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_flow(flow_name: str, out: Path, scenarios: int, repeats: int, conversations: int | None, max_tokens: int,
-             engine: str) -> dict[str, Any]:
+             engine: str, concurrency: int | None = None) -> dict[str, Any]:
     from engine.formats import dump_flow
     from engine.generate import GenerateConfig, generate_dataset
     from engine.holdout import heldout_view
@@ -104,7 +107,7 @@ def run_flow(flow_name: str, out: Path, scenarios: int, repeats: int, conversati
     heldout = here / f"{flow_name}-heldout.json"  # what the simulator and the node mapper see
     heldout.write_text(dump_flow(heldout_view(flow), "json"))
     t0 = time.monotonic()
-    report = _evaluate(flow_name, heldout, model_dir, scenarios, repeats, max_tokens, engine, here)
+    report = _evaluate(flow_name, heldout, model_dir, scenarios, repeats, max_tokens, engine, here, concurrency)
     stages["evaluate"] = time.monotonic() - t0
     print(f"   evaluated in {stages['evaluate']:.0f}s", flush=True)
     return {"flow": flow_name, "stages_s": {k: round(v, 1) for k, v in stages.items()}, "model": str(model_dir),
@@ -115,7 +118,7 @@ def run_flow(flow_name: str, out: Path, scenarios: int, repeats: int, conversati
 
 
 def _evaluate(flow: str, heldout: Path, model_dir: Path, scenarios: int, repeats: int, max_tokens: int,
-              engine: str, here: Path) -> dict[str, Any]:
+              engine: str, here: Path, concurrency: int | None = None) -> dict[str, Any]:
     from engine.agents import load_agent
     from engine.base_model import smollm2_dir
     from engine.evaluate.run import run_evaluation
@@ -124,7 +127,8 @@ def _evaluate(flow: str, heldout: Path, model_dir: Path, scenarios: int, repeats
     specs = {"compiled": f"compiled:{model_dir}", "in-context": f"in-context:{flow}",
              "orchestrator": f"orchestrator:{flow}"}
     cfg = EvalConfig(flow=str(heldout), agents=list(specs.values()), scenarios=scenarios, repeats=repeats,
-                     agent_temperature=0.0, agent_max_tokens=max_tokens, out=str(here), name=f"results-{flow}")
+                     agent_temperature=0.0, agent_max_tokens=max_tokens, out=str(here), name=f"results-{flow}",
+                     **({"concurrency": concurrency} if concurrency else {}))
     sampling = {"temperature": 0.0, "max_tokens": max_tokens, "seed": 0}
     if engine != "vllm":
         agents = {s: load_agent(s, **sampling) for s in specs.values()}
@@ -183,7 +187,7 @@ def _extract(rep: dict[str, Any]) -> dict[str, Any]:
 def _write(out: Path, rows: list[dict[str, Any]], a: argparse.Namespace, engine: str, wall: float) -> dict[str, Any]:
     summary = {"date": dt.date.today().isoformat(), "machine": _machine(), "engine": engine,
                "command": "python -m bench.results " + " ".join(sys.argv[1:]), "scenarios": a.scenarios,
-               "repeats": a.repeats, "wall_s": round(wall, 1), "flows": rows}
+               "repeats": a.repeats, "concurrency": a.concurrency, "wall_s": round(wall, 1), "flows": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "index.html").write_text(_html(summary))
     return summary
