@@ -221,7 +221,9 @@ class ChatColumn:
 
     def _step(self, text: str, reported: str | None, variables: dict[str, Any] | None) -> NodeStep:
         said = [m for m in self.messages if m.content]
-        greeted = bool(said) and said[0].role == "user" and not any(m.role == "assistant" for m in said)
+        start = self.flow.node_map.get(self.flow.start)
+        greeted = (start is not None and start.role == "agent" and bool(said) and said[0].role == "user"
+                   and not any(m.role == "assistant" for m in said))  # the person spoke before its greeting
         return map_step(self.flow, self.mapper, self.path[-1] if self.path else None, text, reported, variables,
                         greeted)
 
