@@ -166,12 +166,12 @@ class NodeMapper:
         with the flow's greeting before its step; it is mapped on what follows the greeting, and on what
         follows the acknowledgement after it when that reads as a step other than the greeting."""
         matches = self._map(messages, variables)
-        plain = self.after_greeting(messages[0]) if greeted and messages else None
-        if plain is not None:
-            matches[0] = self._map([plain], variables)[0]
-            bare = self.after_greeting(messages[0], acknowledgement=True)
-            if bare not in (None, plain):
-                match = self._map([bare], variables)[0]
+        cut = self._greeting_cut(messages[0]) if greeted and messages else None
+        if cut is not None:
+            sentences, greeting, acknowledgement = cut
+            matches[0] = self._map([" ".join(sentences[greeting:])], variables)[0]
+            if greeting < acknowledgement < len(sentences):
+                match = self._map([" ".join(sentences[acknowledgement:])], variables)[0]
                 if match.node not in (None, self.flow.start):
                     matches[0] = match
         return matches
@@ -185,6 +185,16 @@ class NodeMapper:
         Mutual. I'll help you get your claim started. Noted: policy HM-1 and the auto claim. That sounds
         stressful. When did ...?" → "That sounds stressful. When did ...?"). A reply that is all greeting
         is left whole (None); so is one from a flow that does not open with the assistant."""
+        cut = self._greeting_cut(text)
+        if cut is None:
+            return None
+        sentences, greeting, after = cut
+        k = after if acknowledgement else greeting
+        return " ".join(sentences[k:]) if k < len(sentences) else None
+
+    def _greeting_cut(self, text: str) -> tuple[list[str], int, int] | None:
+        """The reply's sentences, where its greeting ends and where the acknowledgement after it ends; None
+        when it does not open with a greeting followed by something else."""
         start = self.flow.node_map.get(self.flow.start)
         sentences = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
         if start is None or start.role != "agent" or len(sentences) < 2:
@@ -199,10 +209,12 @@ class NodeMapper:
         while k < len(sentences) and not sentences[k].endswith("?") and (
                 close[k] or _GREETING.search(sentences[k])):
             k += 1
-        if k and acknowledgement:
-            while k < len(sentences) and _ACKNOWLEDGEMENT.search(sentences[k]):
-                k += 1
-        return " ".join(sentences[k:]) if 0 < k < len(sentences) else None
+        if not 0 < k < len(sentences):
+            return None
+        after = k
+        while after < len(sentences) and _ACKNOWLEDGEMENT.search(sentences[after]):
+            after += 1
+        return sentences, k, after
 
     def _map(self, messages: Sequence[str], variables: dict[str, Any] | None = None) -> list[NodeMatch]:
         if not messages or not self.nodes:
