@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ("travel", "zoom", "insurance")
 KINDS = ("compiled", "in-context", "orchestrator")
 METRICS = ("valid_edge_share", "success", "edit_distance_norm")
+# a request to a local vLLM server sharing 2 cores with another can queue for minutes (the client's default: 120 s)
+LOCAL_TIMEOUT_S = 900.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,18 +53,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="Conversations in flight at once (default: the evaluator's).")
     ap.add_argument("--out", default=str(ROOT / "results"), help="Output folder.")
     ap.add_argument("--no-readme", action="store_true", help="Do not write the README table.")
+    ap.add_argument("--add", action="store_true",
+                    help="Keep other flows' rows already in OUT/summary.json (each row says which run it came from).")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     engine = _engine(a.engine)
     started = time.monotonic()
-    rows = []
+    kept = _kept_rows(out, a.flows.split(",")) if a.add else []
+    rows: list[dict[str, Any]] = []
     for flow in a.flows.split(","):
         rows.append(run_flow(flow.strip(), out, a.scenarios, a.repeats, a.conversations, a.max_tokens, engine,
                              a.concurrency))
-        _write(out, rows, a, engine, time.monotonic() - started)  # partial results survive a later failure
-    summary = _write(out, rows, a, engine, time.monotonic() - started)
+        rows[-1]["run"] = _run_info(a, engine)
+        _write(out, kept + rows, a, engine, time.monotonic() - started)  # partial results survive a later failure
+    summary = _write(out, kept + rows, a, engine, time.monotonic() - started)
     if not a.no_readme:
         write_readme_table(ROOT / "README.md", summary)
     for line in table_lines(summary):
@@ -139,13 +145,16 @@ def _evaluate(flow: str, heldout: Path, model_dir: Path, scenarios: int, repeats
     args = ["--enable-prefix-caching"]
     # the in-context agent's prompt holds the whole flowchart (travel: over 2,048 tokens): the base model is
     # served with its own context length (8,192 for SmolLM2), not the 2,048 a compiled model needs
+    # two local servers share 2 cores, so with many conversations in flight a request can queue for
+    # minutes: a busy local server is slow, not down, and must not turn conversations into errors
+    patient = {"timeout": LOCAL_TIMEOUT_S}
     with VLLMServer(model_dir, extra_args=args) as comp, \
             VLLMServer(smollm2_dir(), extra_args=args, max_model_len=None) as base:
         agents = {specs["compiled"]: load_agent(specs["compiled"], base_url=comp.base_url,
-                                                served_model=comp.served_name, **sampling)}
+                                                served_model=comp.served_name, backend_options=patient, **sampling)}
         for kind in ("in-context", "orchestrator"):
             spec = f"{kind}:{flow}@openai:{base.served_name}"
-            agents[specs[kind]] = load_agent(spec, backend_options={"base_url": base.base_url}, **sampling)
+            agents[specs[kind]] = load_agent(spec, backend_options={"base_url": base.base_url} | patient, **sampling)
         return _report_dict(run_evaluation(cfg, agents=agents))
 
 
@@ -184,6 +193,42 @@ def _extract(rep: dict[str, Any]) -> dict[str, Any]:
 # output
 
 
+def _run_info(a: argparse.Namespace, engine: str) -> dict[str, Any]:
+    return {"date": dt.date.today().isoformat(), "machine": _machine(), "engine": engine,
+            "command": "python -m bench.results " + " ".join(sys.argv[1:]), "scenarios": a.scenarios,
+            "repeats": a.repeats, "concurrency": a.concurrency}
+
+
+def _kept_rows(out: Path, flows: list[str]) -> list[dict[str, Any]]:
+    """`--add`: the rows of other flows from the summary already in OUT, each stamped with the run it came from."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); "
+                         "fix or delete it, or drop --add") from None
+    run = {k: old.get(k) for k in ("date", "machine", "engine", "command", "scenarios", "repeats", "concurrency")}
+    wanted = {f.strip() for f in flows}
+    return [{"run": run} | r for r in old.get("flows", []) if r.get("flow") not in wanted]
+
+
+def _runs(summary: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
+    """The runs the summary's rows came from, in order, each with its flows."""
+    runs: list[tuple[dict[str, Any], list[str]]] = []
+    for row in summary["flows"]:
+        run = row.get("run") or {k: summary.get(k) for k in ("date", "machine", "engine", "command", "scenarios",
+                                                              "repeats")}
+        for known, flows in runs:
+            if (known["command"], known["date"], known["machine"]) == (run["command"], run["date"], run["machine"]):
+                flows.append(row["flow"])
+                break
+        else:
+            runs.append((run, [row["flow"]]))
+    return runs
+
+
 def _write(out: Path, rows: list[dict[str, Any]], a: argparse.Namespace, engine: str, wall: float) -> dict[str, Any]:
     summary = {"date": dt.date.today().isoformat(), "machine": _machine(), "engine": engine,
                "command": "python -m bench.results " + " ".join(sys.argv[1:]), "scenarios": a.scenarios,
@@ -213,14 +258,26 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
                          f"{_f(s.get('output_tokens'), 0)} | {ps} |")
     stages = "; ".join(f"{r['flow']}: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["stages_s"].items())
                        for r in summary["flows"])
-    return lines + ["", f"Stage wall times: {stages}. Total {summary['wall_s'] / 60:.1f} min."]
+    if len(_runs(summary)) == 1:
+        total = f"Total {summary['wall_s'] / 60:.1f} min."
+    else:  # rows from several runs: their stages, summed
+        total = f"Stages total {sum(sum(r['stages_s'].values()) for r in summary['flows']) / 60:.1f} min."
+    return lines + ["", f"Stage wall times: {stages}. {total}"]
 
 
 def write_readme_table(readme: Path, summary: dict[str, Any]) -> None:
     start, end = "<!-- results:start -->", "<!-- results:end -->"
-    block = [start, f"Results of `{summary['command'].strip()}` on {summary['date']}, {summary['machine']} "
-             f"(local agents on {summary['engine']}, {summary['scenarios']} scenarios x {summary['repeats']} "
-             "repeats per agent, scripted simulator on held-out examples):", "", *table_lines(summary), end]
+    def said(run: dict[str, Any]) -> str:
+        return (f"`{run['command'].strip()}` on {run['date']}, {run['machine']} (local agents on {run['engine']}, "
+                f"{run['scenarios']} scenarios x {run['repeats']} repeats per agent")
+
+    runs = _runs(summary)
+    if len(runs) == 1:
+        intro = [f"Results of {said(runs[0][0])}, scripted simulator on held-out examples):"]
+    else:
+        intro = ["Results, scripted simulator on held-out examples, from these runs:", "",
+                 *(f"- {', '.join(flows)}: {said(run)})" for run, flows in runs)]
+    block = [start, *intro, "", *table_lines(summary), end]
     text = readme.read_text()
     if start in text and end in text:
         text = text[:text.index(start)] + "\n".join(block) + text[text.index(end) + len(end):]

@@ -269,6 +269,26 @@ async def test_compiled_agent_uses_only_the_minimal_system_prompt(compiled_dir: 
     assert streamed.ttft_s is not None and streamed.ttft_s <= streamed.latency_s
 
 
+async def test_served_compiled_agent_passes_backend_options_to_its_client(compiled_dir: Path) -> None:
+    """A compiled model on a busy local server: the timeout a caller gives reaches the HTTP client."""
+    from engine.backends.retry import RetryPolicy
+
+    once = {"sdk_retries": 0, "retry": RetryPolicy(attempts=1)}
+    history = [Message(role="user", content="I want to go to Lisbon")]
+    with FakeLLMServer(reply="Where would you like to fly from?") as srv:
+        srv.inject("slow", delay=1.5, api="openai")
+        hasty = CompiledAgent(compiled_dir, base_url=srv.openai_base_url, served_model="m",
+                              backend_options={"timeout": 0.3, **once})
+        with pytest.raises(Exception, match="(?i)time"):
+            await hasty.session().reply(history)
+        srv.inject("slow", delay=1.5, api="openai")
+        patient = CompiledAgent(compiled_dir, base_url=srv.openai_base_url, served_model="m",
+                                backend_options={"timeout": 10.0, **once})
+        reply = await patient.session().reply(history)
+    assert reply.text == "Where would you like to fly from?"
+    assert patient.backend.client.timeout == 10.0 and hasty.backend.client.timeout == 0.3
+
+
 def test_compiled_agent_reads_the_system_prompt_a_compile_recorded(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The manifest as `subterra compile` writes it: the prompt it trained with, in its config."""
     model = tmp_path / "compiled"

@@ -129,15 +129,20 @@ def test_subterra_eval_travel_offline_with_a_tiny_compiled_model(tiny_model_dir,
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRAVEL, reason="sample_flows/travel.yaml is not in this checkout")
-def test_subterra_eval_travel_with_the_bundled_smollm2(smollm2_dir, tmp_path, capsys):
-    """The bundled 135M model as the compiled agent's stand-in vs the same model in-context."""
+def test_subterra_eval_travel_with_the_bundled_smollm2(smollm2_dir, tmp_path, capsys, monkeypatch):
+    """The bundled 135M model as the compiled agent's stand-in vs the same model in-context; with no --out the
+    report goes to the data dir, not the folder the command ran in."""
+    from engine.store import data_dir
+
     travel = Store().get_flow("travel")
     compiled = _compiled_dir(smollm2_dir, tmp_path / "compiled", "travel", travel.system_prompt)
-    out = tmp_path / "report"
+    monkeypatch.chdir(tmp_path)
     rc = main(["eval", "travel", "--agent", f"compiled:{compiled}", "--agent", "in-context:travel@local",
-               "--scenarios", "3", "--max-turns", "4", "--agent-max-tokens", "48", "--concurrency", "2",
-               "--out", str(out)])
+               "--scenarios", "3", "--max-turns", "4", "--agent-max-tokens", "48", "--concurrency", "2"])
     assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compiled", "subterra-home"]  # nothing else where it ran
+    (out,) = (data_dir() / "reports").glob("travel-eval-*")
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert all(a["errors"] == 0 and a["conversations"] == 3 for a in report["agents"].values())
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from bench.results import _extract, table_lines, write_readme_table
+import json
+
+import pytest
+
+from bench.results import _extract, _kept_rows, table_lines, write_readme_table
 
 
 def _s(mean, lo=None, hi=None):
@@ -40,3 +44,32 @@ def test_extract_and_table(tmp_path):
     write_readme_table(readme, summary)
     text = readme.read_text()
     assert "old" not in text and "on 2026-12-01, test cpu" in text and text.endswith("\n\nafter\n")
+
+
+def test_add_keeps_the_other_flows_rows_and_says_which_run_each_came_from(tmp_path):
+    """`--add`: a later run of one flow joins an earlier run's rows; the README names both runs."""
+    def row(flow):
+        return {"flow": flow, "stages_s": {"generate": 1.0, "compile": 400.0, "evaluate": 1200.0}} | _extract(REPORT)
+
+    earlier = {"flows": [row("travel"), row("insurance")], "wall_s": 3202.0, "date": "2026-12-03",
+               "command": "python -m bench.results --scenarios 12", "machine": "cpu A", "engine": "vllm",
+               "scenarios": 12, "repeats": 1, "concurrency": None}
+    (tmp_path / "summary.json").write_text(json.dumps(earlier))
+    kept = _kept_rows(tmp_path, ["insurance"])
+    assert [r["flow"] for r in kept] == ["travel"] and kept[0]["run"]["date"] == "2026-12-03"
+    later = row("insurance") | {"run": {"date": "2026-12-04", "machine": "cpu A", "engine": "vllm", "scenarios": 12,
+                                        "command": "python -m bench.results --flows insurance --add", "repeats": 1}}
+    summary = {"flows": [*kept, later], "wall_s": 1601.0, "date": "2026-12-04", "machine": "cpu A",
+               "engine": "vllm", "command": later["run"]["command"], "scenarios": 12, "repeats": 1}
+    lines = table_lines(summary)
+    assert [ln.split("|")[1].strip() for ln in lines[2:8]] == ["travel"] * 3 + ["insurance"] * 3
+    assert lines[-1].endswith("Stages total 53.4 min.")  # 2 x 1601 s of stages
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    write_readme_table(readme, summary)
+    text = readme.read_text()
+    assert "- travel: `python -m bench.results --scenarios 12` on 2026-12-03, cpu A" in text
+    assert "- insurance: `python -m bench.results --flows insurance --add` on 2026-12-04, cpu A" in text
+    (tmp_path / "summary.json").write_text("{broken")
+    with pytest.raises(SystemExit, match=r"summary.json is not valid JSON .*drop --add"):
+        _kept_rows(tmp_path, ["zoom"])

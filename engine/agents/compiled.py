@@ -51,7 +51,8 @@ class CompiledAgent:
 
     def __init__(self, model_dir: str | Path, flow: Flow | None = None, base_url: str | None = None,
                  served_model: str | None = None, sampling: Sampling | None = None, spec: str = "",
-                 backend: Backend | None = None, **local_options: Any):
+                 backend: Backend | None = None, backend_options: dict[str, Any] | None = None,
+                 **local_options: Any):
         self.model_dir = check_model_dir(model_dir)
         manifest = read_manifest(self.model_dir)
         trained_with = manifest.get("system_prompt") or (manifest.get("config") or {}).get("system_prompt")
@@ -62,7 +63,8 @@ class CompiledAgent:
         if backend is not None:
             self.backend = backend
         elif base_url:
-            self.backend = get_backend("openai", base_url=base_url, model=served_model or str(self.model_dir))
+            self.backend = get_backend("openai", base_url=base_url, model=served_model or str(self.model_dir),
+                                       **(backend_options or {}))
         else:
             self.backend = get_backend("local", model=str(self.model_dir), **local_options)
         self.model = self.backend.model or self.model_dir.name

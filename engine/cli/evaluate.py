@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -59,8 +61,8 @@ def cost_cmd(as_json: bool, **kw: float) -> int:
               "judge2_model", "concurrency", "customer_first", "max_turns", "seed", "agent_temperature",
               "agent_max_tokens", "threshold", "margin", "name",
               choices={"simulator": simulator_choices, "judge": judge_choices, "judge2": judge_choices})
-@click.option("--out", "out", default="eval-report", show_default=True, metavar="DIR",
-              help="Folder for report.html and report.json.")
+@click.option("--out", "out", default=None, metavar="DIR",
+              help="Folder for report.html and report.json [default: SUBTERRA_HOME/reports/NAME-TIMESTAMP].")
 @_cost_options
 @click.option("--json", "as_json", is_flag=True, help="Print the per-agent summary as JSON.")
 def eval_cmd(flow_ref: str, agents: tuple[str, ...], as_json: bool, **kw: Any) -> int:
@@ -68,6 +70,8 @@ def eval_cmd(flow_ref: str, agents: tuple[str, ...], as_json: bool, **kw: Any) -
     from engine.evaluate.run import run_evaluation
 
     cost_kw = {k: v for k, v in kw.items() if k in CostInputs.model_fields}
+    if kw.get("out") is None:  # never the current folder: the data dir, like compiled models
+        kw["out"] = str(_default_out(kw.get("name") or f"{Path(flow_ref).stem.split('@')[0]}-eval"))
     config = EvalConfig(flow=flow_ref, agents=list(agents), cost=_inputs(**cost_kw), **config_values(kw, EvalConfig))
     show = sys.stderr.isatty()
 
@@ -87,6 +91,12 @@ def eval_cmd(flow_ref: str, agents: tuple[str, ...], as_json: bool, **kw: Any) -
         click.echo(summary_lines(report))
         click.echo(f"report: {result.html_path} and {result.json_path} (evaluation {result.id} in the store)")
     return 0
+
+
+def _default_out(name: str) -> Path:
+    from engine.store import data_dir
+
+    return data_dir() / "reports" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def summary_lines(report: EvalReport) -> str:
