@@ -78,6 +78,11 @@ class BackendResponseError(BackendError):
     pass
 
 
+class ContextLengthError(BackendResponseError):
+    """The prompt does not fit the model's context window: retrying the same request will not help,
+    a shorter one may (the in-context agent drops its oldest turns, `engine.agents.in_context`)."""
+
+
 class GenerationError(SubterraError):
     pass
 

@@ -28,6 +28,8 @@ Fault injection: `srv.inject(kind, ...)` queues faults; each request takes the n
     "malformed"  200 with a body that is not JSON
     "empty"      200 with a well-formed reply whose text is empty
     "disconnect" closes the connection without answering
+    "context"    400: the prompt is longer than the model's context (in vLLM's words for OpenAI,
+                 "prompt is too long" for Anthropic)
     `count` repeats a fault; `api="anthropic"|"openai"` makes it apply only to that API.
 
 Usage accounting: tokens are counted as ceil(chars / 4) of the prompt text. An Anthropic
@@ -63,7 +65,7 @@ from typing import Any
 
 import pytest
 
-FAULT_KINDS = ("429", "500", "529", "slow", "malformed", "empty", "disconnect")
+FAULT_KINDS = ("429", "500", "529", "slow", "malformed", "empty", "disconnect", "context")
 
 
 @dataclass
@@ -341,6 +343,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._anthropic(json.loads(json.dumps({"model": "fake"})), "", force_json=True)
             else:
                 self._openai({"model": "fake"}, "", force_json=True)
+            return True
+        if f.kind == "context":
+            if api == "anthropic":
+                too_long = "prompt is too long: 9000 tokens > 8192 maximum"
+                self._json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": too_long}})
+            else:
+                self._json(400, {"error": {"message": "This model's maximum context length is 8192 tokens. However, "
+                                                      "your prompt contains at least 8193 input tokens.",
+                                           "type": "BadRequestError", "param": None, "code": 400}})
             return True
         status = int(f.kind)
         etype = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}[status]

@@ -23,7 +23,7 @@ from engine.agents.orchestrator import (
     parse_choice,
 )
 from engine.backends.base import Message, Sampling, get_backend
-from engine.errors import ServingError
+from engine.errors import ContextLengthError, ServingError
 from engine.flow import Flow, render_template
 from engine.formats import load_flow_file
 from engine.paths import sample_paths
@@ -240,6 +240,67 @@ async def test_in_context_sends_the_serialized_flow_every_turn(flow: Flow) -> No
     assert "".join(d.delta for d in deltas) == "Sure, tell me more." and deltas[-1].reply.ttft_s is not None
     assert [q.system for q in srv.requests] == [serialize_flow(flow)] * 2
     assert srv.requests[1].messages[-1] == {"role": "user", "content": "I need help"}
+
+
+def _talk(turns: int) -> list[Message]:
+    roles = ("assistant", "user")
+    return [Message(role=roles[i % 2], content=f"message {i}: " + "words " * 20) for i in range(turns)]
+
+
+async def test_in_context_keeps_the_latest_turns_that_fit_the_context() -> None:
+    """A server that says the prompt is too long (vLLM's 400): the agent drops the oldest exchange and asks again,
+    and keeps that window for the next turn, instead of failing the conversation."""
+    flow = load_flow_file(SAMPLE_FLOWS_DIR / "insurance.yaml")
+    with FakeLLMServer(reply="What is your policy number?") as srv:
+        agent = InContextAgent(flow, get_backend("openai", base_url=srv.openai_base_url, model="m"))
+        s = agent.session()
+        history = _talk(7)
+        srv.inject("context", count=2, api="openai")
+        reply = await s.reply(history)
+        assert reply.text == "What is your policy number?" and s.dropped == 4
+        sent = [len(r.messages) for r in srv.requests]
+        assert sent == [7, 5, 3]  # the whole history, then one exchange fewer each time
+        assert srv.requests[-1].messages[0]["content"].startswith("message 4:")
+        assert {r.system for r in srv.requests} == {serialize_flow(flow)}  # the flowchart is always sent
+        history += [Message(role="assistant", content=reply.text), Message(role="user", content="HM-1")]
+        deltas = [d async for d in s.stream(history)]  # the next turn starts from the window that fitted
+        assert deltas[-1].reply.text == "What is your policy number?" and len(srv.requests[-1].messages) == 5
+        srv.inject("context", count=20, api="openai")
+        with pytest.raises(ContextLengthError, match="the flowchart and the last message alone do not fit"):
+            await s.reply(history)
+        await agent.aclose()
+
+
+async def test_context_overflow_is_recognised_from_anthropic_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with FakeLLMServer() as srv:
+        backend = get_backend("anthropic", base_url=srv.base_url, model="claude-x")
+        srv.inject("context", api="anthropic")
+        with pytest.raises(ContextLengthError, match="does not fit claude-x's context window"):
+            await backend.complete(InContextAgent(load_flow_file(SAMPLE_FLOWS_DIR / "travel.yaml"),
+                                                  backend).request(_talk(1)))
+        assert len(srv.requests) == 1  # not retried: the same prompt would not fit the next time either
+        await backend.aclose()
+
+
+async def test_local_backend_refuses_a_prompt_past_the_models_context(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The transformers path checks the prompt's length before generating, as vLLM does; the in-context agent
+    then keeps the turns that fit."""
+    flow = load_flow_file(SAMPLE_FLOWS_DIR / "travel.yaml")
+    probe = InContextAgent(flow, get_backend("local", model=str(tiny_model_dir)))
+    history = _talk(9)
+    sizes = [len(probe.backend.render_prompt(probe.request(history[k:]))) for k in (0, 4)]
+    short = tmp_path / "short-context"
+    shutil.copytree(tiny_model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    config["max_position_embeddings"] = sizes[1] + 16  # room for the last five messages, not for all nine
+    (short / "config.json").write_text(json.dumps(config))
+    agent = InContextAgent(flow, get_backend("local", model=str(short)), Sampling(temperature=0, max_tokens=4))
+    with pytest.raises(ContextLengthError, match=rf"it takes {sizes[0]} tokens of {sizes[1] + 16}"):
+        await agent.backend.complete(agent.request(history))
+    s = agent.session()
+    reply = await s.reply(history)
+    assert s.dropped == 4 and reply.usage.input_tokens == sizes[1] and reply.usage.output_tokens <= 4
 
 
 # -- compiled ------------------------------------------------------------------------------------------

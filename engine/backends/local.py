@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ChatRequest, ChatResult, Message, StreamEvent, Usage, register
-from engine.errors import BackendResponseError, BackendUnavailableError
+from engine.errors import BackendResponseError, BackendUnavailableError, ContextLengthError
 
 DEFAULT_MODEL = "smollm2-135m"
 _PREFIX_SLOTS = 4  # conversations whose KV cache we keep per model
@@ -128,6 +128,10 @@ class LocalBackend:
 
         tok, model = loaded.tokenizer, loaded.model
         ids = _prompt_ids(tok, request)
+        context = self.context_length()
+        if len(ids) >= context:  # checked before generating, as vLLM does: past it the model reads garbage positions
+            raise ContextLengthError(f"the prompt does not fit {self.model}'s context window: it takes {len(ids)} "
+                                     f"tokens of {context}; shorten the conversation")
         s = request.sampling
         kwargs: dict[str, Any] = {"max_new_tokens": s.max_tokens, "pad_token_id": tok.pad_token_id,
                                   "return_dict_in_generate": True}

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import BackendResponseError, BackendUnavailableError
+from engine.errors import BackendResponseError, BackendUnavailableError, ContextLengthError
 
 T = TypeVar("T")
 
@@ -96,6 +96,11 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+# how servers say a prompt is longer than the model's context: vLLM and subterra serve ("maximum context
+# length"), OpenAI (code context_length_exceeded), Anthropic ("prompt is too long")
+CONTEXT_OVERFLOW = ("maximum context length", "context_length_exceeded", "prompt is too long")
+
+
 class SDKErrors:
     """`check()` and `translate()` for backends built on an official SDK (anthropic, openai): both SDKs
     raise `APIStatusError` / `APIConnectionError`, so one mapping to messages that say what to do serves both."""
@@ -140,7 +145,7 @@ class SDKErrors:
             return Retryable(f"cannot reach {self.service} ({e.__cause__ or e})", unreachable=True)
         if isinstance(e, json.JSONDecodeError | sdk.APIResponseValidationError):
             return Retryable(f"{self.service} sent a malformed reply")
-        if isinstance(e, BackendResponseError):
+        if isinstance(e, BackendResponseError) and not isinstance(e, ContextLengthError):
             return Retryable(str(e))
         return None
 
@@ -156,4 +161,8 @@ class SDKErrors:
             return BackendUnavailableError(f"{self.service} refused the key ({e.status_code}); check {self.key_env}")
         if e.status_code == 404:
             return BackendUnavailableError(f"{self.service} does not know model '{self.model}' (404); check --model")
-        return BackendResponseError(f"{self.service} rejected the request ({e.status_code}: {str(e.message)[:200]})")
+        said = str(e.message)
+        if e.status_code in (400, 413) and any(s in said.lower() for s in CONTEXT_OVERFLOW):
+            return ContextLengthError(f"the prompt does not fit {self.model or 'the model'}'s context window "
+                                      f"({e.status_code}: {said[:200]}); shorten the conversation")
+        return BackendResponseError(f"{self.service} rejected the request ({e.status_code}: {said[:200]})")
