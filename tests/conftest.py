@@ -53,7 +53,8 @@ def smollm2_tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir: Path) -> Path:
-    """A 2-layer random Llama with the real SmolLM2 tokenizer and chat template, saved in HF format."""
+    """A 2-layer random Llama with the real SmolLM2 tokenizer, chat template and context (8,192 tokens: the
+    in-context agent's flowchart prompt must fit, as it does on SmolLM2), saved in HF format."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -62,7 +63,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_d
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )

@@ -102,7 +102,7 @@ def test_body_size_is_capped(srv: ServerThread) -> None:
     ('{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "contains Infinity"),
     ('{"messages": [{"role": "user", "content": "hi"}], "seed": 99999999999999999999999}', "seed"),
     ('{"messages": [{"role": "user", "content": [' + "[" * 50_000 + "]" * 50_000 + ']}]}', "nested too deeply"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000000000}', "maximum context length is 2048"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000000000}', "maximum context length is 8192"),
 ])
 def test_hostile_numbers_are_refused_before_any_work(srv: ServerThread, body: str, message: str) -> None:
     t0 = time.monotonic()
@@ -119,10 +119,10 @@ def test_max_tokens_default_fits_the_context(tiny_model_dir: Path) -> None:
     from engine.serve.server import fit_context
 
     backend = LocalBackend(str(tiny_model_dir))
-    chat = ChatRequest(messages=[Message(role="user", content="word " * 1700)], sampling=Sampling(max_tokens=512))
+    chat = ChatRequest(messages=[Message(role="user", content="word " * 8000)], sampling=Sampling(max_tokens=512))
     prompt = len(backend.render_prompt(chat))
     fitted = fit_context(backend, chat, None)  # the 512-token default would not fit: lowered to the room left
-    assert fitted.sampling.max_tokens == 2048 - prompt
+    assert fitted.sampling.max_tokens == 8192 - prompt
     with pytest.raises(ServingError, match=f"the messages take {prompt} and max_tokens asks for 512"):
         fit_context(backend, chat, 512)
 
