@@ -276,9 +276,9 @@ async def _generate(flow: Flow, config: GenerateConfig, store: Store, backend: B
         store.update_job(job_id, status="failed", message=str(e) if isinstance(e, SubterraError) else repr(e))
         raise
     report = run.report(ds_name, [p.slot for p in plans])
-    store.update_job(job_id, status="done" if report.complete else "incomplete",
-                     progress=report.done / max(1, report.total),
-                     result=report.model_dump(mode="json"), message=_summary(report))
+    ended = {} if store.is_runner_job(job_id) else {"status": "done" if report.complete else "incomplete"}
+    store.update_job(job_id, progress=report.done / max(1, report.total),
+                     result=report.model_dump(mode="json"), message=_summary(report), **ended)
     store.touch_dataset(ds_id)
     return report
 

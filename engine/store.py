@@ -439,6 +439,11 @@ class Store:
             raise error(f"job {o['id']} ({o['kind']}, {o['status']}) already writes {output}; wait for it, "
                         f"or cancel it with `subterra jobs cancel {o['id']}`, or pick another output")
 
+    def is_runner_job(self, job_id: int) -> bool:
+        """Whether `job_id` is the job-runner worker's own row this process adopted: the worker ends it (after
+        the log's last line, so whoever sees the finished row also sees the whole log), not the stage."""
+        return os.environ.get("SUBTERRA_JOB_ID") == str(job_id)
+
     def _adopt_runner_job(self, kind: str) -> int | None:
         jid = os.environ.get("SUBTERRA_JOB_ID")
         if not jid or not jid.isdigit() or os.environ.get("SUBTERRA_JOB_KIND") != kind:
