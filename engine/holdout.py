@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from engine.flow import Flow
 
-HELDOUT_SHARE = 0.25
+HELDOUT_SHARE = 0.34
 """Default share of each node's examples kept out of training (nodes with 3+ examples hold out >= 1)."""
 
 

@@ -220,7 +220,13 @@ class NodeMapper:
         if not messages or not self.nodes:
             return [NodeMatch(node=None, score=0.0, best="") for _ in messages]
         texts, owners = self.node_texts(variables if self.render_scenario else None)
-        sims = self.embedder.embed(list(messages)) @ self.embedder.embed(texts).T  # (M, K)
+        refs = self.embedder.embed(texts)
+        sims = self.embedder.embed(list(messages)) @ refs.T  # (M, K)
+        # a message that opens with a restatement is also read without it: the facts it echoes can read
+        # as another step (policy number and claim type as the greeting), or name this one (AirPods: audio)
+        steps = [_without_restatement(m) for m in messages]
+        if any(st is not m for st, m in zip(steps, messages, strict=True)):
+            sims = np.maximum(sims, self.embedder.embed(steps) @ refs.T)
         per_node = np.full((len(messages), len(self.nodes)), -1.0, dtype=np.float32)
         for k, owner in enumerate(owners):
             per_node[:, owner] = np.maximum(per_node[:, owner], sims[:, k])
@@ -503,6 +509,20 @@ _GREETING = re.compile(
     r"\b(i'll|i will|i can|happy to|glad to) help you\b", re.IGNORECASE)
 _ACKNOWLEDGEMENT = re.compile(r"^(so far i have|got it|noted|understood|thanks|thank you|great|okay|ok)\b[^?]*[.!]$",
                               re.IGNORECASE)
+
+
+# the frames a turn restates what the customer said in ("Noted: policy HM-1 and the auto claim."): any node
+# may open with one (engine.dialogue_state.ACK_FRAMES), so they say nothing about which step the turn takes
+_RESTATEMENT = re.compile(r"^(so far i have|got it|noted|to recap|just to confirm)\s*:", re.IGNORECASE)
+
+
+def _without_restatement(text: str) -> str:
+    """The message without the restatements it opens with, when something follows them."""
+    sentences = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+    k = 0
+    while k < len(sentences) - 1 and _RESTATEMENT.match(sentences[k]):
+        k += 1
+    return " ".join(sentences[k:]) if k else text
 
 
 def _questions(text: str) -> list[str]:
