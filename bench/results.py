@@ -68,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     kept = _kept_rows(out, a.flows.split(",")) if a.add else []
     rows: list[dict[str, Any]] = []
+    from engine.errors import SubterraError
+
     for flow in a.flows.split(","):
-        rows.append(run_flow(flow.strip(), out, a.scenarios, a.repeats, a.conversations, a.max_tokens, engine,
-                             a.concurrency))
+        try:
+            rows.append(run_flow(flow.strip(), out, a.scenarios, a.repeats, a.conversations, a.max_tokens, engine,
+                                 a.concurrency))
+        except SubterraError as e:  # a missing flow, a server that would not start: say it, no traceback
+            print(f"error: {flow.strip()}: {e}", file=sys.stderr)
+            return 1
         rows[-1]["run"] = _run_info(a, engine)
         _write(out, kept + rows, a, engine, time.monotonic() - started)  # partial results survive a later failure
     summary = _write(out, kept + rows, a, engine, time.monotonic() - started)

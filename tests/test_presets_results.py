@@ -73,3 +73,12 @@ def test_add_keeps_the_other_flows_rows_and_says_which_run_each_came_from(tmp_pa
     (tmp_path / "summary.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"summary.json is not valid JSON .*drop --add"):
         _kept_rows(tmp_path, ["zoom"])
+
+
+def test_a_flow_that_is_not_there_is_one_line_not_a_traceback(tmp_path, capsys):
+    from bench.results import main
+
+    rc = main(["--flows", "nope", "--engine", "transformers", "--no-readme", "--out", str(tmp_path / "out")])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: nope: no stored flow named 'nope'") and "Traceback" not in err
