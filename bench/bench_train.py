@@ -4,7 +4,10 @@ All three train the bundled SmolLM2-135M (the real 135M model, all parameters) o
 travel conversations with the same micro-batch (batch 4, no accumulation), one epoch, the precision
 `precision=auto` picks on this machine (bf16 autocast only where /proc/cpuinfo shows amx_bf16 or
 avx512_bf16), in the same `make bench` run. Each runs in its own process, so its peak resident
-memory (ru_maxrss: model load, optimizer, activations) is its own.
+memory (ru_maxrss: model load, optimizer, activations) is its own. The four pipelines run
+`SUBTERRA_BENCH_TRAIN_REPEATS` times (2), interleaved, and each one's fastest run counts (with the
+highest peak memory of its runs): on a shared 2-core machine one pipeline's tokens/s moved by
+15-25% between back-to-back runs, which a single run per pipeline would read as a speed-up or a loss.
 
 - today: `engine/` exactly as it was at `BASELINE_REV` (extracted with `git archive`), i.e. the
   trainer before issue 15: transformers' head with `logits_to_keep`, fp32 logits for every target.
@@ -33,6 +36,7 @@ from typing import Any
 BASELINE_REV = "41a0b1d"  # the last landed commit before issue 15: its trainer is `engine/train.py`
 N_CONVERSATIONS = int(os.environ.get("SUBTERRA_BENCH_TRAIN_N", 25))  # 24 train + 1 held out
 BATCH = 4
+REPEATS = int(os.environ.get("SUBTERRA_BENCH_TRAIN_REPEATS", 2))  # each pipeline's best run counts
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,10 +52,13 @@ def run() -> list[dict[str, Any]]:
         base = str(smollm2_dir())
         data = _travel_data(tmp / "data.jsonl")
         old_tree = _old_engine(tmp / "old")
-        today = _worker("ours", base, data, tmp / "today", pythonpath=old_tree)
-        ours = _worker("ours", base, data, tmp / "ours", extra=_quick_memory_settings())
-        ours_plain = _worker("ours", base, data, tmp / "ours-plain", extra={"head_chunk": 1024})
-        trainer = _worker("trainer", base, data, tmp / "trainer")
+        runs: dict[str, list[dict[str, Any]]] = {"today": [], "ours": [], "ours-plain": [], "trainer": []}
+        for r in range(REPEATS):  # interleaved, so a slow spell of a shared machine hits every pipeline alike
+            runs["today"].append(_worker("ours", base, data, tmp / f"today-{r}", pythonpath=old_tree))
+            runs["ours"].append(_worker("ours", base, data, tmp / f"ours-{r}", extra=_quick_memory_settings()))
+            runs["ours-plain"].append(_worker("ours", base, data, tmp / f"ours-plain-{r}", extra={"head_chunk": 1024}))
+            runs["trainer"].append(_worker("trainer", base, data, tmp / f"trainer-{r}"))
+        today, ours, ours_plain, trainer = (_best(runs[k]) for k in ("today", "ours", "ours-plain", "trainer"))
     if home is not None:
         os.environ["SUBTERRA_HOME"] = home
     prec = ours["precision"]
@@ -60,7 +67,8 @@ def run() -> list[dict[str, Any]]:
     return [
         {"name": "compile: tokens/s, ours vs today's trainer", "value": round(ours["tps"], 1), "unit": "tokens/s",
          "baseline": round(today["tps"], 1), "ratio": round(ours["tps"] / today["tps"], 2), "target": ">= 2",
-         "note": f"{common}; ours {ours['seconds']:.0f}s, today {today['seconds']:.0f}s; per CPU-second "
+         "note": f"{common}; best of {REPEATS} interleaved runs (ours {ours['all_tps']}, today {today['all_tps']} "
+                 f"tokens/s); ours {ours['seconds']:.0f}s, today {today['seconds']:.0f}s; per CPU-second "
                  f"(robust to a busy machine): {ours['cpu_tps']:.0f} vs {today['cpu_tps']:.0f} tokens, ratio "
                  f"{ours['cpu_tps'] / today['cpu_tps']:.2f}"},
         {"name": "compile: peak memory, ours vs today's trainer", "value": round(ours["peak_gb"], 2), "unit": "GB",
@@ -77,6 +85,15 @@ def run() -> list[dict[str, Any]]:
          "unit": "tokens/s", "baseline": round(today["tps"], 1), "ratio": round(ours_plain["tps"] / today["tps"], 2),
          "note": f"peak {ours_plain['peak_gb']:.2f} GB vs today {today['peak_gb']:.2f} GB"},
     ]
+
+
+def _best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of a pipeline's runs (the machine is shared: the slow ones measured a neighbour), with the
+    highest peak memory any of them reached and every run's tokens/s."""
+    best = dict(max(results, key=lambda r: r["tps"]))
+    best["peak_gb"] = max(r["peak_gb"] for r in results)
+    best["all_tps"] = [round(r["tps"], 1) for r in results]
+    return best
 
 
 def _quick_memory_settings() -> dict[str, Any]:

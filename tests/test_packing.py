@@ -96,3 +96,40 @@ def test_varlen_attention_matches_the_block_diagonal_mask(examples, model, tiny_
         assert torch.equal(varlen.generate(ids, max_new_tokens=4, do_sample=False),
                            model.generate(ids, max_new_tokens=4, do_sample=False))
     assert torch.allclose(masked, per_conversation, atol=1e-4)
+
+
+def _qkv(n: int, dtype: torch.dtype, heads: int = 6, kv_heads: int = 2, dim: int = 16):
+    g = torch.Generator().manual_seed(n)
+    return [(torch.randn(1, h, n, dim, generator=g) * 2).to(dtype).requires_grad_()
+            for h in (heads, kv_heads, kv_heads)]
+
+
+def test_short_causal_attention_is_sdpa_with_grouped_heads_values_and_gradients():
+    from engine.train.packing import _short_causal
+
+    q, k, v = _qkv(37, torch.float32)
+    out = _short_causal(q, k, v, None)
+    out.square().sum().backward()
+    mine = [out.detach(), q.grad, k.grad, v.grad]
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, is_causal=True, enable_gqa=True)
+    ref.square().sum().backward()
+    for a, b in zip(mine, [ref.detach(), q2.grad, k2.grad, v2.grad], strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+
+
+def test_varlen_attention_in_bf16_takes_the_short_path_and_the_kernel_for_long_spans(monkeypatch):
+    from engine.train import packing
+
+    q, k, v = _qkv(50, torch.bfloat16)
+    pos = torch.tensor([list(range(20)) + list(range(30))])  # two conversations: 20 and 30 tokens
+    calls = []
+    real = packing._short_causal
+    monkeypatch.setattr(packing, "_short_causal", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    monkeypatch.setattr(packing, "SHORT_SPAN", 25)  # the 20-token one is short, the 30-token one is not
+    out, _ = packing.varlen_sdpa(None, q, k, v, None, position_ids=pos)
+    assert calls == [20] and out.shape == (1, 50, 6, 16)
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, s:e].float(), k[:, :, s:e].float(), v[:, :, s:e].float(), is_causal=True, enable_gqa=True)
+        for s, e in ((0, 20), (20, 50))], dim=2).transpose(1, 2)
+    assert (out.float() - ref).norm() / ref.norm() < 0.02  # bf16 rounding, not a different attention
