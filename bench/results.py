@@ -149,7 +149,7 @@ def _evaluate(flow: str, heldout: Path, model_dir: Path, scenarios: int, repeats
     sampling = {"temperature": 0.0, "max_tokens": max_tokens, "seed": 0}
     if engine != "vllm":
         agents = {s: load_agent(s, **sampling) for s in specs.values()}
-        return _report_dict(run_evaluation(cfg, agents=agents))
+        return _report_dict(_with_progress(run_evaluation, cfg, agents, flow))
     from engine.serve.vllm import VLLMServer
 
     os.environ.setdefault("OPENAI_API_KEY", "local")
@@ -166,7 +166,18 @@ def _evaluate(flow: str, heldout: Path, model_dir: Path, scenarios: int, repeats
         for kind in ("in-context", "orchestrator"):
             spec = f"{kind}:{flow}@openai:{base.served_name}"
             agents[specs[kind]] = load_agent(spec, backend_options={"base_url": base.base_url} | patient, **sampling)
-        return _report_dict(run_evaluation(cfg, agents=agents))
+        return _report_dict(_with_progress(run_evaluation, cfg, agents, flow))
+
+
+def _with_progress(run_evaluation: Any, cfg: Any, agents: dict[str, Any], flow: str) -> Any:
+    """The evaluation with a progress line (conversations done, rate, ETA) on stderr."""
+    from engine.cli.progress import FractionLine
+
+    line = FractionLine(f"   {flow}: evaluate")
+    try:
+        return run_evaluation(cfg, agents=agents, progress=line)
+    finally:
+        line.close()
 
 
 def _report_dict(res: Any) -> dict[str, Any]:

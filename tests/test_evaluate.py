@@ -67,6 +67,20 @@ def test_evaluation_separates_a_faithful_agent_from_a_random_one(flow_file, tmp_
     assert across.objective["valid_edge_share"].n_a == 16 and across.criteria is None
 
 
+def test_the_progress_line_shows_rate_and_eta_and_writes_a_log_sparingly(capsys):
+    from engine.cli.progress import FractionLine
+
+    assert "50%" in FractionLine("evaluate").text(0.5, "conversation 3/6", 60.0)
+    assert "ETA   60s" in FractionLine("evaluate").text(0.5, "conversation 3/6", 60.0)
+    assert "50.0%/min" in FractionLine("evaluate").text(0.5, "x", 60.0)
+    line = FractionLine("evaluate", every_s=3600)  # stderr is not a tty under capsys: whole lines, throttled
+    for i in range(1, 10):
+        line(i / 10, f"conversation {i}/10")
+    line(1.0, "done")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "conversation 1/10" in err[0] and "100%" in err[1]
+
+
 def test_eval_rejects_a_duplicate_agent(flow_file, capsys):
     rc = main(["eval", str(flow_file), "--agent", "compiled:/x", "--agent", "compiled:/x"])
     assert rc == 1
@@ -104,7 +118,9 @@ def test_subterra_eval_travel_offline_with_a_tiny_compiled_model(tiny_model_dir,
         judged = [r for r in srv.requests if r.api in ("openai", "anthropic")]
     assert len(judged) == 8  # 2 agents × 2 scenarios × 2 judges
     assert all("travel booking assistant for" not in r.last_user.split("The conversation:")[0] for r in judged)
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert "evaluate [" in captured.err and "ETA" in captured.err  # the progress line, on stderr only
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js embedded
     specs = [f"compiled:{compiled}", f"in-context:travel@local:{tiny_model_dir}"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import click
 from pydantic import ValidationError
 
 from engine.cli.options import config_values, options_from
+from engine.cli.progress import FractionLine
 from engine.errors import EvaluationError
 from engine.evaluate.cost import CostInputs, format_table, price_table
 from engine.evaluate.schema import EvalConfig, EvalReport, judge_choices, simulator_choices
@@ -73,15 +73,11 @@ def eval_cmd(flow_ref: str, agents: tuple[str, ...], as_json: bool, **kw: Any) -
     if kw.get("out") is None:  # never the current folder: the data dir, like compiled models
         kw["out"] = str(_default_out(kw.get("name") or f"{Path(flow_ref).stem.split('@')[0]}-eval"))
     config = EvalConfig(flow=flow_ref, agents=list(agents), cost=_inputs(**cost_kw), **config_values(kw, EvalConfig))
-    show = sys.stderr.isatty()
-
-    def progress(fraction: float, message: str) -> None:
-        if show:
-            click.echo(f"\r{fraction:4.0%} {message:<40}", nl=False, err=True)
-
-    result = run_evaluation(config, progress=progress)
-    if show:
-        click.echo("", err=True)
+    progress = FractionLine("evaluate")
+    try:
+        result = run_evaluation(config, progress=progress)
+    finally:
+        progress.close()
     report = result.report
     if as_json:
         body = report.model_dump(mode="json", include={"agents", "comparisons", "cost"})
